@@ -1,0 +1,51 @@
+"""Command line: `python -m unipeft params --model bart-large --method mam --json`, `python -m unipeft presets`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .attach import attach
+from .design import ConfigError
+from .models import PAPER_MODELS, build_without_weights
+from .presets import names, preset
+
+
+def _scale(text: str) -> float | str:
+    return text if text == "learned" else float(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unipeft")
+    commands = parser.add_subparsers(dest="command", required=True)
+    params = commands.add_parser("params", help="parameter counts of a method on a model, built without weights")
+    params.add_argument("--model", required=True, help=f"{', '.join(PAPER_MODELS)} or a directory with config.json")
+    params.add_argument("--method", required=True, help="a preset name (see `presets`)")
+    params.add_argument("--attn-bn", type=int, help="attention-side budget: prefix/prompt length l or bottleneck r")
+    params.add_argument("--ffn-bn", type=int, help="FFN-side bottleneck r")
+    params.add_argument("--scale", type=_scale, help="scale s of scaled compositions, or 'learned'")
+    params.add_argument("--json", action="store_true", help="print one JSON object")
+    commands.add_parser("presets", help="list the method presets")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "presets":
+            for name in names():
+                print(f"{name:18s} {preset(name).notes}")
+            return 0
+        model = build_without_weights(args.model)
+        counts = attach(model, args.method, attn_bn=args.attn_bn, ffn_bn=args.ffn_bn, scale=args.scale).counts()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = {"model": args.model, **counts.to_dict()}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:22s} {value:,}" if isinstance(value, int) else f"{key:22s} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""One map per architecture family, naming its sublayers in the design space's vocabulary.
+
+Paths are relative to `model.base_model`, so one map serves every task class of a family
+(BartModel, BartForConditionalGeneration, BartForSequenceClassification, ...). Adding a family is
+adding a map here; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .design import ConfigError
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    core: str  # the module that calls transformers' attention function (sees per-head q, k, v)
+    q: str
+    k: str
+    v: str
+    o: str  # the output projection W_o
+
+
+@dataclass(frozen=True)
+class ArchitectureMap:
+    stacks: dict[str, str]  # "encoder"/"decoder" → the list of layers
+    self_attention: AttentionMap  # paths below are relative to one layer
+    cross_attention: AttentionMap | None
+    fc1: str
+    fc2: str
+    ffn_input: str  # the module whose input is the FFN sublayer input x read by a parallel FFN adapter
+    encoder: str  # the module that embeds input_ids (prompt tuning inserts its vectors there)
+    word_embeddings: str  # relative to `encoder`
+    decoder: str | None  # the module that takes encoder_attention_mask (prompt tuning extends it)
+    pre_layer_norm: bool
+
+
+_BART_ATTENTION = {
+    kind: AttentionMap(core=kind, q=f"{kind}.q_proj", k=f"{kind}.k_proj", v=f"{kind}.v_proj", o=f"{kind}.out_proj")
+    for kind in ("self_attn", "encoder_attn")
+}
+_BERT_ATTENTION = {
+    kind: AttentionMap(core=f"{kind}.self", q=f"{kind}.self.query", k=f"{kind}.self.key", v=f"{kind}.self.value",
+                       o=f"{kind}.output.dense")
+    for kind in ("attention", "crossattention")
+}
+
+BART = ArchitectureMap(
+    stacks={"encoder": "encoder.layers", "decoder": "decoder.layers"},
+    self_attention=_BART_ATTENTION["self_attn"], cross_attention=_BART_ATTENTION["encoder_attn"],
+    fc1="fc1", fc2="fc2", ffn_input="fc1",
+    encoder="encoder", word_embeddings="embed_tokens", decoder="decoder", pre_layer_norm=False,
+)
+# mBART is pre-LN: the FFN consumes final_layer_norm(x), and the official code feeds the parallel
+# adapter the un-normalised residual stream x, i.e. the input of final_layer_norm.
+MBART = ArchitectureMap(**{**BART.__dict__, "ffn_input": "final_layer_norm", "pre_layer_norm": True})
+
+BERT = ArchitectureMap(
+    stacks={"encoder": "encoder.layer"},
+    self_attention=_BERT_ATTENTION["attention"], cross_attention=None,
+    fc1="intermediate.dense", fc2="output.dense", ffn_input="intermediate.dense",
+    encoder="", word_embeddings="embeddings.word_embeddings", decoder=None, pre_layer_norm=False,
+)
+# transformers' EncoderDecoderModel with BERT-family encoder and decoder (the offline seq2seq backbone).
+BERT2BERT = ArchitectureMap(
+    **{**BERT.__dict__, "stacks": {"encoder": "encoder.encoder.layer", "decoder": "decoder.bert.encoder.layer"},
+       "cross_attention": _BERT_ATTENTION["crossattention"], "encoder": "encoder", "decoder": "decoder"},
+)
+
+MAPS = {"bart": BART, "mbart": MBART, "bert": BERT, "roberta": BERT, "encoder-decoder": BERT2BERT}
+
+
+def architecture_of(model: nn.Module) -> ArchitectureMap:
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MAPS:
+        raise ConfigError(f"model: architecture {model_type!r} has no map; mapped: {', '.join(MAPS)}")
+    if model_type == "encoder-decoder":
+        for side in ("encoder", "decoder"):
+            inner = getattr(config, side).model_type
+            if inner not in ("bert", "roberta"):
+                raise ConfigError(f"model: EncoderDecoderModel with a {inner!r} {side} has no map; "
+                                  "mapped: BERT/RoBERTa on both sides")
+    return MAPS[model_type]
+
+
+def get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path) if path else root

@@ -1,0 +1,318 @@
+"""Attach a method to a frozen transformers model with module hooks, and detach it again.
+
+The insertion-form dimension is the table READ_WRITE: for each (position, insertion) it names where Δh reads
+its input (the input or output of a sublayer module) and where it is composed into h. Everything else, the
+per-architecture module names, comes from the architecture map.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import attention
+from .architectures import ArchitectureMap, architecture_of, get
+from .design import PROJECTIONS, ConfigError, Method, Modification
+from .functions import Bottleneck, Composition, MultiHeadBottleneck, PrefixVectors, Prompt
+from .presets import resolve
+
+READ_WRITE: dict[tuple[str, str], tuple[tuple[str, str], tuple[str, str]]] = {
+    ("attn", "parallel"): (("core", "input"), ("o", "input")),  # PA (attn): Δh from x, added before W_o
+    ("attn", "sequential"): (("o", "output"), ("o", "output")),  # SA (attn): Δh from h, after W_o
+    ("head", "parallel"): (("core", "input"), ("o", "input")),  # MH PA: per-head Δh, added before W_o
+    ("ffn", "parallel"): (("ffn_input", "input"), ("fc2", "output")),  # PA (ffn)
+    ("ffn", "sequential"): (("fc2", "output"), ("fc2", "output")),  # SA (ffn), Houlsby
+    ("layer", "sequential"): (("layer", "output"), ("layer", "output")),  # Pfeiffer
+    **{(p, "parallel"): ((p, "input"), (p, "output")) for p in PROJECTIONS},  # LoRA
+    **{(p, "sequential"): ((p, "output"), (p, "output")) for p in PROJECTIONS},
+}
+
+
+class Site(nn.Module):
+    """One Δh at one sublayer: reads x at one hook, composes f(x) into h at another."""
+
+    def __init__(self, delta: nn.Module, composition: Composition):
+        super().__init__()
+        self.delta, self.compose = delta, composition
+        self._x: torch.Tensor | None = None
+        self.merged = False  # a linear Δh folded into its projection's weight
+
+    def read(self, x: torch.Tensor) -> None:
+        self._x = x
+
+    def write(self, h: torch.Tensor) -> torch.Tensor:
+        x, self._x = self._x, None
+        return h if self.merged else self.compose(h, self.delta(x))
+
+
+def _on_input(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHandle:
+    """Calls fn on the hidden states a module reads (first argument or `hidden_states`); a result replaces them."""
+    def hook(_, args, kwargs):
+        new = fn(args[0] if args else kwargs["hidden_states"])
+        if new is None:
+            return None
+        return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _on_output(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHandle:
+    def hook(_, __, output):
+        new = fn(output[0] if isinstance(output, tuple) else output)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+    return module.register_forward_hook(hook)
+
+
+def _sublayers(arch: ArchitectureMap, target: str) -> dict[str, str]:
+    attn = arch.cross_attention if target == "cross" else arch.self_attention
+    return {"core": attn.core, "q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o,
+            "ffn_input": arch.ffn_input, "fc1": arch.fc1, "fc2": arch.fc2, "layer": ""}
+
+
+def _available_targets(arch: ArchitectureMap, mod: Modification) -> tuple[str, ...]:
+    if mod.position == "embeddings":
+        return ("encoder",)
+    stacks = tuple(arch.stacks)
+    if mod.budget_side == "attn" and arch.cross_attention is not None:
+        stacks += ("cross",)
+    return stacks
+
+
+def _stack(target: str) -> str:
+    return "encoder" if target == "encoder" else "decoder"
+
+
+def _model_dropout(model: nn.Module) -> float:
+    config = model.config.encoder if model.config.model_type == "encoder-decoder" else model.config
+    return float(getattr(config, "dropout", getattr(config, "hidden_dropout_prob", 0.0)) or 0.0)
+
+
+def _heads(attention_core: nn.Module) -> int:
+    return getattr(attention_core, "num_heads", None) or attention_core.num_attention_heads
+
+
+def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+    return {**{k: v for k, v in bound.items() if k != "kwargs"}, **bound.get("kwargs", {})}
+
+
+def _insert_after_first(x: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
+    """Prompts go after the first token, so [CLS]/<s> keeps position 0 for classification heads."""
+    return torch.cat([x[:, :1], inserted, x[:, 1:]], dim=1)
+
+
+class Attachment:
+    """A method attached to a model: its modules (under `model.unipeft`), hooks, and what it unfroze."""
+
+    def __init__(self, model: nn.Module, method: Method):
+        if "unipeft" in model._modules:
+            raise ConfigError("model: a unipeft method is already attached; detach() it first")
+        self.model, self.method = model, method
+        self.arch = architecture_of(model)
+        self.base = model.base_model
+        from .accounting import base_fingerprint, base_parameter_count
+        self.base_params, self.fingerprint = base_parameter_count(model), base_fingerprint(model)
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.prefixed: list[nn.Module] = []
+        self.dropout = _model_dropout(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.container = nn.ModuleList(self._build(i, m) for i, m in enumerate(method.modifications))
+        reference = next(model.parameters())
+        self.container.to(device=reference.device, dtype=reference.dtype)
+        model.add_module("unipeft", self.container)
+        self._unfreeze()
+        self.previous_attention = None
+        if self.prefixed:
+            self.previous_attention = model.config._attn_implementation
+            model.set_attn_implementation(attention.IMPLEMENTATION)
+        model.__dict__["_unipeft"] = self
+
+    # building -------------------------------------------------------------------------------------------------
+    def _build(self, index: int, mod: Modification) -> nn.ModuleDict:
+        available = _available_targets(self.arch, mod)
+        targets = mod.targets if mod.targets is not None else available
+        for target in targets:
+            if target not in available:
+                raise ConfigError(f"method {self.method.name!r}.modifications[{index}].targets: "
+                                  f"{self.model.config.model_type} has no {target!r} sublayer for position "
+                                  f"{mod.position!r} (it has: {', '.join(available)})")
+        return nn.ModuleDict({t: self._build_target(mod, t) for t in targets})
+
+    def _build_target(self, mod: Modification, target: str) -> nn.ModuleDict:
+        if mod.position == "embeddings":
+            return self._build_prompt(mod)
+        parts = nn.ModuleDict()
+        layers = get(self.base, self.arch.stacks[_stack(target)])
+        names = _sublayers(self.arch, target)
+        core = get(layers[0], names["core"])
+        d, heads = get(layers[0], names["o"]).out_features, _heads(core)
+        dropout = self.dropout if mod.dropout is None else mod.dropout
+        if mod.position == "head":
+            parts["vectors"] = vectors = PrefixVectors(len(layers), d, mod)
+            stack_host = get(self.base, self.arch.stacks[_stack(target)].rpartition(".")[0])
+            self.handles.append(stack_host.register_forward_pre_hook(lambda *_: setattr(
+                vectors, "forward_id", vectors.forward_id + 1)))
+            if mod.function == "softmax":
+                for i, layer in enumerate(layers):
+                    core = get(layer, names["core"])
+                    core.__dict__.setdefault("_unipeft_prefixes", []).append(
+                        attention.PrefixSlot(vectors, i, mod.composition, mod.form))
+                    self.prefixed.append(core)
+                return parts
+        sites = nn.ModuleList()
+        (read_at, read_side), (write_at, write_side) = READ_WRITE[(mod.position, mod.insertion)]
+        for i, layer in enumerate(layers):
+            if mod.position == "head":
+                delta = MultiHeadBottleneck(vectors, i, get(layer, names["q"]), heads, mod, dropout)
+            else:
+                d_in, d_out = (get(layer, names[mod.position]).in_features,
+                               get(layer, names[mod.position]).out_features) if mod.position in PROJECTIONS else (d, d)
+                delta = Bottleneck(d_in, d_out, mod, dropout)
+            site = Site(delta, Composition(mod))
+            sites.append(site)
+            hook = {"input": _on_input, "output": _on_output}
+            self.handles.append(hook[read_side](get(layer, names[read_at]), site.read))
+            self.handles.append(hook[write_side](get(layer, names[write_at]), site.write))
+        parts["layers"] = sites
+        return parts
+
+    def _build_prompt(self, mod: Modification) -> nn.ModuleDict:
+        encoder = get(self.base, self.arch.encoder)
+        embed = get(encoder, self.arch.word_embeddings)
+        prompt = Prompt(embed.embedding_dim, mod)
+        length = mod.size
+
+        def before_encoder(module, args, kwargs):
+            inputs = _bind(module, args, kwargs)
+            if inputs.get("position_ids") is not None:
+                raise ConfigError("prompt tuning: explicit position_ids are not supported; leave them to the model")
+            embeds = inputs.get("inputs_embeds")
+            embeds = embed(inputs["input_ids"]) if embeds is None else embeds
+            batch = embeds.shape[0]
+            inputs["inputs_embeds"] = _insert_after_first(embeds, prompt.vectors.to(embeds.dtype).expand(batch, -1, -1))
+            inputs["input_ids"] = None
+            for name, fill in (("attention_mask", 1), ("token_type_ids", 0)):
+                if inputs.get(name) is not None:
+                    x = inputs[name]
+                    inputs[name] = _insert_after_first(x, torch.full((batch, length), fill, dtype=x.dtype,
+                                                                     device=x.device))
+            return (), inputs
+
+        def before_decoder(module, args, kwargs):
+            inputs = _bind(module, args, kwargs)
+            mask, states = inputs.get("encoder_attention_mask"), inputs.get("encoder_hidden_states")
+            if mask is None or states is None or mask.shape[-1] + length != states.shape[1]:
+                return None
+            inputs["encoder_attention_mask"] = _insert_after_first(mask, mask.new_ones(mask.shape[0], length))
+            return (), inputs
+
+        self.handles.append(encoder.register_forward_pre_hook(before_encoder, with_kwargs=True))
+        if self.arch.decoder is not None:
+            decoder = get(self.base, self.arch.decoder)
+            self.handles.append(decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
+        return nn.ModuleDict({"prompt": prompt})
+
+    def _unfreeze(self) -> None:
+        for p in self.container.parameters():
+            p.requires_grad_(True)
+        if self.method.unfreeze == "all":
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+        elif self.method.unfreeze == "bias":
+            for name, p in self.base.named_parameters():
+                if name.endswith("bias") and not name.startswith("unipeft."):
+                    p.requires_grad_(True)
+        if self.method.train_head:
+            for p in self.head_parameters().values():
+                p.requires_grad_(True)
+
+    # queries --------------------------------------------------------------------------------------------------
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        """Task-head parameters: those of the model outside its base model (a tied LM head is not one)."""
+        in_base = {id(p) for p in self.base.parameters()}
+        return {n: p for n, p in self.model.named_parameters()
+                if id(p) not in in_base and not n.startswith("unipeft.")}
+
+    def sites(self) -> list[Site]:
+        return [m for m in self.container.modules() if isinstance(m, Site)]
+
+    def state_dict(self, fold: bool = True) -> dict[str, torch.Tensor]:
+        """Every trained tensor, by its name in the model; `fold` stores prefix MLPs as their output vectors."""
+        state = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        if fold:
+            for name, module in self.container.named_modules():
+                if isinstance(module, PrefixVectors) and hasattr(module, "mlp"):
+                    prefix = f"unipeft.{name}."
+                    state = {n: t for n, t in state.items() if not n.startswith(prefix)}
+                    with torch.no_grad():
+                        state[prefix + "vectors"] = module.compute().detach()
+        return {n: t.contiguous() for n, t in state.items()}
+
+    # actions --------------------------------------------------------------------------------------------------
+    def counts(self, paper_denominator: int | None = None):
+        from .accounting import counts
+        return counts(self, paper_denominator)
+
+    def save(self, directory) -> None:
+        from .checkpoint import save
+        save(self, directory)
+
+    def _mergeable(self) -> list[tuple[Site, nn.Linear]]:
+        pairs = []
+        for mod, per_target in zip(self.method.modifications, self.container):
+            if not (mod.position in PROJECTIONS and mod.insertion == "parallel" and mod.function == "identity"
+                    and mod.layer_norm == "none"):
+                continue
+            for target, parts in per_target.items():
+                layers = get(self.base, self.arch.stacks[_stack(target)])
+                path = _sublayers(self.arch, target)[mod.position]
+                pairs += [(site, get(layer, path)) for site, layer in zip(parts["layers"], layers)]
+        if not pairs:
+            raise ConfigError(f"method {self.method.name!r}: nothing to merge; only LoRA-style modifications "
+                              "(a linear parallel Δh on a projection) fold into the base weights")
+        return pairs
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold every LoRA-style Δh into its projection: W ← W + s·W_up W_down."""
+        for site, linear in self._mergeable():
+            if not site.merged:
+                linear.weight += site.compose.scale * site.delta.delta_weight()
+                site.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        for site, linear in self._mergeable():
+            if site.merged:
+                linear.weight -= site.compose.scale * site.delta.delta_weight()
+                site.merged = False
+
+    def detach(self) -> None:
+        """Remove hooks and modules (unmerging first), leaving the base model as it was, still frozen."""
+        if any(s.merged for s in self.sites()):
+            self.unmerge()
+        for handle in self.handles:
+            handle.remove()
+        for core in self.prefixed:
+            core.__dict__.pop("_unipeft_prefixes", None)
+        if self.previous_attention is not None:
+            self.model.set_attn_implementation(self.previous_attention)
+        del self.model._modules["unipeft"]
+        self.model.__dict__.pop("_unipeft", None)
+
+
+def attach(model: nn.Module, method: str | dict | Method, *, attn_bn: int | None = None, ffn_bn: int | None = None,
+           scale: float | str | None = None) -> Attachment:
+    """Freeze `model` and attach `method` (a preset name, a mapping or a Method), optionally re-budgeted."""
+    return Attachment(model, resolve(method).with_budget(attn_bn, ffn_bn, scale))
+
+
+def attachment_of(model: nn.Module) -> Attachment:
+    if "_unipeft" not in model.__dict__:
+        raise ConfigError("model: no unipeft method is attached")
+    return model.__dict__["_unipeft"]

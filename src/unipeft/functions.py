@@ -1,0 +1,158 @@
+"""The functional-form dimension: modules that compute Δh, and the composition that adds it to h.
+
+Each module reports `paper_params()`, its size in the paper's convention (Appendix B): projection
+weights and final prefix vectors only, no biases, no layer norms, no prefix MLP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .design import Modification
+
+
+def _init_bottleneck(down: nn.Linear, up: nn.Linear, init: str) -> None:
+    if init == "bert":  # the official Adapter_Layer: N(0, 0.02) weights, zero biases
+        nn.init.normal_(down.weight, std=0.02)
+        nn.init.normal_(up.weight, std=0.02)
+    else:  # LoRA's init, used by LoRA and the scaled PA: Kaiming-uniform down, zero up, so Δh = 0 at start
+        nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+        nn.init.zeros_(up.weight)
+    for bias in (down.bias, up.bias):
+        if bias is not None:
+            nn.init.zeros_(bias)
+
+
+class Bottleneck(nn.Module):
+    """Δh = f(LN(x) W_down) W_up: an adapter (f = ReLU, with biases) or LoRA (f = identity, no biases).
+
+    Dropout follows each family's reference code: on the input for LoRA, on the hidden units for adapters.
+    """
+
+    def __init__(self, d_in: int, d_out: int, mod: Modification, dropout: float):
+        super().__init__()
+        self.function = mod.function
+        bias = mod.function != "identity"
+        self.norm_in = nn.LayerNorm(d_in) if mod.layer_norm == "in" else None
+        self.down = nn.Linear(d_in, mod.size, bias=bias)
+        self.up = nn.Linear(mod.size, d_out, bias=bias)
+        self.norm_out = nn.LayerNorm(d_out) if mod.layer_norm == "out" else None
+        self.dropout = nn.Dropout(dropout)
+        _init_bottleneck(self.down, self.up, mod.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_in is not None:
+            x = self.norm_in(x)
+        if self.function == "identity":
+            hidden = self.down(self.dropout(x))
+        else:
+            hidden = self.dropout(torch.relu(self.down(x)))
+        out = self.up(hidden)
+        return self.norm_out(out) if self.norm_out is not None else out
+
+    def paper_params(self) -> int:
+        return self.down.weight.numel() + self.up.weight.numel()
+
+    def delta_weight(self) -> torch.Tensor:
+        """W_down W_up as a weight of shape (d_out, d_in), for merging a linear Δh into its projection."""
+        return self.up.weight @ self.down.weight
+
+
+class PrefixVectors(nn.Module):
+    """P_k and P_v of every layer of one attention type, shape (layers, 2, l, d).
+
+    `mlp` is Li & Liang's re-parameterisation (Embedding(l, d) → Linear(d, mid) → tanh → Linear(mid, 2·layers·d)),
+    a training-time cost that `fold()` removes; `direct` learns the vectors themselves, N(0, 0.02).
+    The vectors are computed once per forward pass and shared by all layers; with gradients off they are
+    reused until a parameter changes, so `generate` computes them once, not once per decoding step.
+    """
+
+    def __init__(self, layers: int, d: int, mod: Modification):
+        super().__init__()
+        self.shape = (layers, 2, mod.size, d)
+        if mod.reparam == "mlp":
+            self.embedding = nn.Embedding(mod.size, d)
+            self.mlp = nn.Sequential(nn.Linear(d, mod.mid_dim), nn.Tanh(), nn.Linear(mod.mid_dim, layers * 2 * d))
+        else:
+            self.vectors = nn.Parameter(torch.randn(self.shape) * 0.02)
+        self._cache: tuple[object, torch.Tensor] | None = None
+        self.forward_id = 0  # bumped by the model's forward pre-hook; a new graph is needed per training step
+
+    def compute(self) -> torch.Tensor:
+        if hasattr(self, "vectors"):
+            return self.vectors
+        l, d = self.shape[2], self.shape[3]
+        out = self.mlp(self.embedding.weight)  # (l, layers·2·d)
+        return out.view(l, self.shape[0], 2, d).permute(1, 2, 0, 3)
+
+    def forward(self) -> torch.Tensor:
+        grad = torch.is_grad_enabled()
+        key = (grad, self.forward_id if grad else None, tuple(p._version for p in self.parameters()))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.compute())
+        return self._cache[1]
+
+    def clear(self) -> None:
+        self._cache = None
+
+    def paper_params(self) -> int:
+        return math.prod(self.shape)
+
+
+class MultiHeadBottleneck(nn.Module):
+    """Multi-head parallel adapter: per head i, Δh_i = ReLU(LN(x) W_q^(i) P_k^(i)T) P_v^(i).
+
+    W_q is the frozen query projection of the attention it sits in; P_k, P_v are prefix vectors (l per head),
+    so each head gets its own bottleneck at the parameter cost of one PA of size l (the paper's Table 4).
+    """
+
+    def __init__(self, vectors: PrefixVectors, layer: int, query: nn.Linear, heads: int, mod: Modification,
+                 dropout: float):
+        super().__init__()
+        # Tuples keep the shared prefix vectors and the frozen W_q out of this module's parameters.
+        self._vectors = (vectors,)
+        self._query = (query,)
+        self.layer, self.heads, self.function = layer, heads, mod.function
+        d = query.in_features
+        self.norm_in = nn.LayerNorm(d) if mod.layer_norm == "in" else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_in is not None:
+            x = self.norm_in(x)
+        q = self._query[0](x).unflatten(-1, (self.heads, -1))  # (B, T, H, dh)
+        p_k, p_v = self._vectors[0]()[self.layer].unflatten(-1, (self.heads, -1)).unbind(0)  # (l, H, dh)
+        hidden = torch.einsum("bthd,lhd->bthl", q, p_k)
+        hidden = self.dropout(torch.relu(hidden) if self.function == "relu" else hidden)
+        return torch.einsum("bthl,lhd->bthd", hidden, p_v).flatten(-2)
+
+    def paper_params(self) -> int:
+        return 0  # its P_k, P_v are counted once, in PrefixVectors
+
+
+class Prompt(nn.Module):
+    """Prompt tuning: l trainable input vectors, N(0, 0.02) as in the official code."""
+
+    def __init__(self, d: int, mod: Modification):
+        super().__init__()
+        self.vectors = nn.Parameter(torch.randn(mod.size, d) * 0.02)
+
+    def paper_params(self) -> int:
+        return self.vectors.numel()
+
+
+class Composition(nn.Module):
+    """The composition dimension for add and scaled add; gating (prefix tuning) lives in attention.py."""
+
+    def __init__(self, mod: Modification):
+        super().__init__()
+        if mod.scale == "learned":
+            self.scale = nn.Parameter(torch.ones(()))
+        else:
+            self.register_buffer("scale", torch.tensor(float(mod.scale)), persistent=False)
+
+    def forward(self, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return h + self.scale * delta
