@@ -123,7 +123,7 @@ class Attachment:
             p.requires_grad_(False)
         self.container = nn.ModuleList(self._build(i, m) for i, m in enumerate(method.modifications))
         reference = next(model.parameters())
-        self.container.to(device=reference.device, dtype=reference.dtype)
+        self.container.to(device=reference.device, dtype=reference.dtype).train(model.training)
         model.add_module("unipeft", self.container)
         self._unfreeze()
         self.previous_attention = None
@@ -186,6 +186,7 @@ class Attachment:
         embed = get(encoder, self.arch.word_embeddings)
         prompt = Prompt(embed.embedding_dim, mod)
         length = mod.size
+        max_positions = getattr(getattr(encoder, "config", self.model.config), "max_position_embeddings", None)
 
         def before_encoder(module, args, kwargs):
             inputs = _bind(module, args, kwargs)
@@ -194,6 +195,9 @@ class Attachment:
             embeds = inputs.get("inputs_embeds")
             embeds = embed(inputs["input_ids"]) if embeds is None else embeds
             batch = embeds.shape[0]
+            if max_positions is not None and embeds.shape[1] + length > max_positions:
+                raise ConfigError(f"prompt tuning: {embeds.shape[1]} tokens + {length} prompt vectors exceed the "
+                                  f"model's {max_positions} positions; shorten the input or the prompt")
             inputs["inputs_embeds"] = _insert_after_first(embeds, prompt.vectors.to(embeds.dtype).expand(batch, -1, -1))
             inputs["input_ids"] = None
             for name, fill in (("attention_mask", 1), ("token_type_ids", 0)):

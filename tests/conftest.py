@@ -1,0 +1,71 @@
+"""Tiny random-weight models of every mapped architecture, built in the test (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (BartConfig, BartForConditionalGeneration, BertConfig, EncoderDecoderConfig,
+                          EncoderDecoderModel, MBartConfig, MBartForConditionalGeneration, RobertaConfig,
+                          RobertaForSequenceClassification)
+
+D, HEADS, LAYERS, FFN = 16, 4, 2, 64  # FFN = 4d as in the paper, so Appendix B's formulas apply exactly
+VOCAB = 64
+
+
+def _bart(cls, config_cls):
+    return cls(config_cls(vocab_size=VOCAB, d_model=D, encoder_layers=LAYERS, decoder_layers=LAYERS,
+                          encoder_attention_heads=HEADS, decoder_attention_heads=HEADS, encoder_ffn_dim=FFN,
+                          decoder_ffn_dim=FFN, max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
+                          eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None))
+
+
+def _bert_config(**extra):
+    return BertConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                      intermediate_size=FFN, max_position_embeddings=64, **extra)
+
+
+def _bert2bert():
+    model = EncoderDecoderModel(EncoderDecoderConfig.from_encoder_decoder_configs(
+        _bert_config(), _bert_config(is_decoder=True, add_cross_attention=True)))
+    for key, value in (("decoder_start_token_id", 2), ("pad_token_id", 0), ("eos_token_id", 3)):
+        setattr(model.config, key, value)
+        setattr(model.generation_config, key, value)
+    return model
+
+
+BUILDERS = {
+    "bart": lambda: _bart(BartForConditionalGeneration, BartConfig),
+    "mbart": lambda: _bart(MBartForConditionalGeneration, MBartConfig),
+    "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
+        max_position_embeddings=70, num_labels=3, pad_token_id=1)),
+    "bert2bert": _bert2bert,
+}
+SEQ2SEQ = ("bart", "mbart", "bert2bert")
+
+
+def build(arch: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return BUILDERS[arch]().eval()
+
+
+def batch(arch: str) -> dict:
+    """Two examples, the second one padded, so masks matter."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, VOCAB, (2, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    if arch in SEQ2SEQ:
+        labels = torch.randint(4, VOCAB, (2, 5), generator=g)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 2])}
+
+
+def logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture(params=list(BUILDERS))
+def arch(request):
+    return request.param

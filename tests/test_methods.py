@@ -1,0 +1,243 @@
+"""The method × architecture table: mathematical properties of every preset on every mapped architecture."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+import unipeft
+from unipeft.functions import PrefixVectors
+
+from conftest import BUILDERS, SEQ2SEQ, batch, build, logits
+
+BUDGET = {"attn_bn": 4, "ffn_bn": 8}  # small sizes keep every case fast; counts are checked on real configs too
+CASES = [(method, arch) for method in unipeft.preset_names() for arch in BUILDERS]
+# Methods whose Δh is zero at initialisation (LoRA init: W_up = 0), so the model's output must not change.
+ZERO_INIT = ("lora", "lora_ffn", "scaled_pa", "scaled_pa_learned")
+MERGEABLE = ("lora", "lora_ffn", "prefix_lora_ffn")
+
+
+def attach(method, arch, **kwargs):
+    model = build(arch)
+    return model, unipeft.attach(model, method, **{**BUDGET, **kwargs})
+
+
+def perturb(attachment, seed=3, own_only=False):
+    """Move trainable tensors off their initial values, as training would (zero-init Δh become non-zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in attachment.model.named_parameters():
+            if p.requires_grad and (name.startswith("unipeft.") or not own_only):
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_gradients_reach_only_trainable_parameters(method, arch):
+    model, attachment = attach(method, arch)
+    model.train()
+    model(**batch(arch)).loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad <= trainable
+    own = {n for n in trainable if n.startswith("unipeft.")}
+    assert own <= with_grad, f"modification parameters without gradient: {sorted(own - with_grad)[:3]}"
+    assert with_grad, "nothing received a gradient"
+    for name, p in attachment.head_parameters().items():
+        assert p.requires_grad, f"task head {name} must train"
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_save_load_round_trip_reproduces_outputs(method, arch, tmp_path):
+    model, attachment = attach(method, arch)
+    perturb(attachment)
+    expected = logits(model, batch(arch))
+    attachment.save(tmp_path)
+    fresh = build(arch)
+    loaded = unipeft.load(fresh, tmp_path)
+    torch.testing.assert_close(logits(fresh, batch(arch)), expected, rtol=1e-5, atol=1e-5)
+    assert loaded.counts().stored == attachment.counts().stored
+
+
+@pytest.mark.parametrize("method,arch", CASES)
+def test_detach_restores_the_base_model(method, arch):
+    model = build(arch)
+    expected = logits(model, batch(arch))
+    attachment = unipeft.attach(model, method, **BUDGET)
+    perturb(attachment, own_only=True)
+    if attachment.container:  # full and bitfit own no modules: their change is the base weights themselves
+        attachment.detach()
+        torch.testing.assert_close(logits(model, batch(arch)), expected)
+        assert "unipeft" not in dict(model.named_children())
+
+
+@pytest.mark.parametrize("method", ZERO_INIT)
+def test_zero_initialised_methods_leave_outputs_unchanged(method, arch):
+    model = build(arch)
+    expected = logits(model, batch(arch))
+    unipeft.attach(model, method, **BUDGET)
+    torch.testing.assert_close(logits(model, batch(arch)), expected)
+
+
+def test_non_zero_init_methods_do_change_outputs(arch):
+    model = build(arch)
+    expected = logits(model, batch(arch))
+    unipeft.attach(model, "adapter", **BUDGET)
+    assert not torch.allclose(logits(model, batch(arch)), expected)
+
+
+@pytest.mark.parametrize("reparam", ["mlp", "direct"])
+def test_prefix_concat_equals_gated_parallel_adapter_form(arch, reparam):
+    """Eq. 7-9: attention over [P_k; K] equals (1-λ) Attn(q, K, V) + λ Attn(q, P_k, P_v)."""
+    outputs = {}
+    for form in ("concat", "gated"):
+        method = unipeft.Method.from_dict({"name": f"prefix-{form}", "modifications": [
+            {"position": "head", "function": "softmax", "composition": "gate", "size": 5, "form": form,
+             "reparam": reparam, "mid_dim": 12}]})
+        model = build(arch)
+        torch.manual_seed(7)
+        attachment = unipeft.attach(model, method)
+        outputs[form] = logits(model, batch(arch))
+        if arch in SEQ2SEQ:
+            outputs[form + "-beams"] = model.generate(input_ids=batch(arch)["input_ids"], num_beams=3,
+                                                      attention_mask=batch(arch)["attention_mask"], max_new_tokens=6)
+        del attachment
+    torch.testing.assert_close(outputs["concat"], outputs["gated"], rtol=1e-5, atol=1e-5)
+    if arch in SEQ2SEQ:
+        assert torch.equal(outputs["concat-beams"], outputs["gated-beams"])
+
+
+def test_removing_the_gate_changes_prefix_tuning(arch):
+    """The -gating ablation (h + Δh) is a different function from prefix tuning with the same vectors."""
+    outputs = []
+    for composition in ("gate", "add"):
+        model = build(arch)
+        torch.manual_seed(7)
+        unipeft.attach(model, {"name": composition, "modifications": [
+            {"position": "head", "function": "softmax", "composition": composition, "size": 5, "reparam": "direct"}]})
+        outputs.append(logits(model, batch(arch)))
+    assert not torch.allclose(*outputs)
+
+
+def test_lora_equals_a_parallel_linear_adapter():
+    """Eq. 6: a LoRA'd projection computes x W + s · x W_down W_up, with W_down, W_up its two factors."""
+    model, attachment = attach("lora_ffn", "bart")
+    perturb(attachment)
+    layer = model.model.encoder.layers[0]
+    site = attachment.container[0]["encoder"]["layers"][0]
+    x = torch.randn(3, 5, layer.fc1.in_features)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(x, layer.fc1.weight, layer.fc1.bias) \
+            + site.compose.scale * (x @ site.delta.down.weight.T @ site.delta.up.weight.T)
+        torch.testing.assert_close(layer.fc1(x), expected)
+
+
+@pytest.mark.parametrize("method", MERGEABLE)
+def test_merged_equals_unmerged(method, arch):
+    model, attachment = attach(method, arch)
+    perturb(attachment)
+    weights = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    expected = logits(model, batch(arch))
+    attachment.merge()
+    torch.testing.assert_close(logits(model, batch(arch)), expected, rtol=1e-5, atol=1e-5)
+    changed = [n for n, p in model.named_parameters() if n in weights and not torch.equal(p, weights[n])]
+    assert changed, "merge changed no base weight"
+    attachment.unmerge()
+    for name, p in model.named_parameters():
+        if name in weights:
+            torch.testing.assert_close(p, weights[name])
+    torch.testing.assert_close(logits(model, batch(arch)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_refuses_methods_without_a_linear_delta():
+    _, attachment = attach("mam", "bart")
+    with pytest.raises(unipeft.ConfigError, match="nothing to merge"):
+        attachment.merge()
+
+
+@pytest.mark.parametrize("method", ["prefix", "mh_pa", "mam"])
+def test_generation_computes_prefixes_once_per_call(method, monkeypatch):
+    model, attachment = attach(method, "bart")
+    calls = []
+    original = PrefixVectors.compute
+    monkeypatch.setattr(PrefixVectors, "compute", lambda self: calls.append(self) or original(self))
+    inputs = batch("bart")
+    model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], num_beams=4,
+                   max_new_tokens=8, min_new_tokens=8)
+    vectors = [m for m in attachment.container.modules() if isinstance(m, PrefixVectors)]
+    assert len(calls) == len(vectors) == 3  # encoder self, decoder self, cross: once each for 8 steps × 4 beams
+
+
+def test_training_recomputes_prefixes_once_per_step(monkeypatch):
+    model, attachment = attach("prefix", "bart")  # eval mode: no dropout noise, gradients still on
+    calls = []
+    original = PrefixVectors.compute
+    monkeypatch.setattr(PrefixVectors, "compute", lambda self: calls.append(self) or original(self))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = model(**batch("bart")).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert len(calls) == 4 * 3
+    assert losses[-1] < losses[0]
+
+
+def test_beam_search_with_cache_equals_without_cache():
+    model, attachment = attach("mam", "bart")
+    perturb(attachment)
+    inputs = batch("bart")
+    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], num_beams=3,
+                  max_new_tokens=6, min_new_tokens=6)
+    assert torch.equal(model.generate(**kwargs, use_cache=True), model.generate(**kwargs, use_cache=False))
+
+
+def test_prompt_keeps_the_classification_token_first():
+    model, attachment = attach("prompt", "roberta")
+    seen = {}
+    model.roberta.encoder.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(states=args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+    inputs = batch("roberta")
+    model(**inputs)
+    assert seen["states"].shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def test_attaching_is_deterministic_under_a_seed():
+    states = []
+    for _ in range(2):
+        model = build("bart")
+        torch.manual_seed(11)
+        states.append(unipeft.attach(model, "mam", **BUDGET).state_dict(fold=False))
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key])
+
+
+def test_custom_combination_is_configuration_only():
+    """Table 6's 'Prefix (attn, l=30) + LoRA (ffn, r=102)', written as data instead of code."""
+    method = unipeft.Method.from_dict({"name": "table6", "modifications": [
+        {"position": "head", "size": 3},
+        {"position": "fc1", "size": 2, "composition": "scale", "scale": 4.0},
+        {"position": "fc2", "size": 2, "composition": "scale", "scale": 4.0}]})
+    model = build("bart")
+    counts = unipeft.attach(model, method).counts()
+    d, layers = 16, 2
+    assert counts.paper == 2 * 3 * d * 3 * layers + 10 * 2 * d * 2 * layers
+
+
+def test_layer_norm_options_build_and_run(arch):
+    for option in ("in", "out", "none"):
+        model = build(arch)
+        mod = dataclasses.replace(unipeft.preset("sa_ffn").modifications[0], layer_norm=option, size=4)
+        unipeft.attach(model, unipeft.Method("ln-" + option, (mod,)))
+        assert torch.isfinite(logits(model, batch(arch))).all()
+
+
+def test_model_copy_after_attach_is_independent():
+    model, attachment = attach("lora", "bart")
+    clone = copy.deepcopy(model)
+    assert torch.equal(logits(clone, batch("bart")), logits(model, batch("bart")))
