@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (BartConfig, BartForConditionalGeneration, BertConfig, EncoderDecoderConfig,
+from transformers import (BartConfig, BartForConditionalGeneration, BertConfig, BertForSequenceClassification, EncoderDecoderConfig,
                           EncoderDecoderModel, MBartConfig, MBartForConditionalGeneration, RobertaConfig,
-                          RobertaForSequenceClassification)
+                          RobertaForSequenceClassification, T5Config,
+                          T5ForConditionalGeneration)
 
 D, HEADS, LAYERS, FFN = 16, 4, 2, 64  # FFN = 4d as in the paper, so Appendix B's formulas apply exactly
 VOCAB = 64
@@ -39,9 +40,14 @@ BUILDERS = {
     "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(
         vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
         max_position_embeddings=70, num_labels=3, pad_token_id=1)),
+    "bert": lambda: BertForSequenceClassification(_bert_config(num_labels=2)),
     "bert2bert": _bert2bert,
+    "t5": lambda: T5ForConditionalGeneration(T5Config(
+        vocab_size=VOCAB, d_model=D, d_kv=D // HEADS, d_ff=FFN, num_layers=LAYERS, num_decoder_layers=LAYERS,
+        num_heads=HEADS, relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1)),
 }
-SEQ2SEQ = ("bart", "mbart", "bert2bert")
+SEQ2SEQ = ("bart", "mbart", "bert2bert", "t5")
 
 
 def build(arch: str, seed: int = 0):
@@ -58,7 +64,7 @@ def batch(arch: str) -> dict:
     if arch in SEQ2SEQ:
         labels = torch.randint(4, VOCAB, (2, 5), generator=g)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 2])}
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1])}
 
 
 def logits(model, inputs) -> torch.Tensor:

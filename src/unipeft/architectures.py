@@ -69,7 +69,20 @@ BERT2BERT = ArchitectureMap(
        "cross_attention": _BERT_ATTENTION["crossattention"], "encoder": "encoder", "decoder": "decoder"},
 )
 
-MAPS = {"bart": BART, "mbart": MBART, "bert": BERT, "roberta": BERT, "encoder-decoder": BERT2BERT}
+# T5 is pre-LN like mBART; its FFN is the last entry of each block (index 1 in the encoder, 2 in the decoder).
+_T5_ATTENTION = {
+    kind: AttentionMap(core=f"layer.{i}.{kind}", q=f"layer.{i}.{kind}.q", k=f"layer.{i}.{kind}.k",
+                       v=f"layer.{i}.{kind}.v", o=f"layer.{i}.{kind}.o")
+    for i, kind in ((0, "SelfAttention"), (1, "EncDecAttention"))
+}
+T5 = ArchitectureMap(
+    stacks={"encoder": "encoder.block", "decoder": "decoder.block"},
+    self_attention=_T5_ATTENTION["SelfAttention"], cross_attention=_T5_ATTENTION["EncDecAttention"],
+    fc1="layer.-1.DenseReluDense.wi", fc2="layer.-1.DenseReluDense.wo", ffn_input="layer.-1.layer_norm",
+    encoder="encoder", word_embeddings="embed_tokens", decoder="decoder", pre_layer_norm=True,
+)
+
+MAPS = {"bart": BART, "mbart": MBART, "bert": BERT, "roberta": BERT, "encoder-decoder": BERT2BERT, "t5": T5}
 
 
 def architecture_of(model: nn.Module) -> ArchitectureMap:
@@ -87,4 +100,12 @@ def architecture_of(model: nn.Module) -> ArchitectureMap:
 
 
 def get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path) if path else root
+    """The submodule at a dotted path; a negative index counts from the end of a ModuleList."""
+    module = root
+    for part in path.split(".") if path else ():
+        try:
+            module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
+        except (AttributeError, IndexError, TypeError):
+            raise ConfigError(f"model: {type(root).__name__} has no submodule {path!r}; its architecture map "
+                              "does not fit this model") from None
+    return module

@@ -88,11 +88,17 @@ def _stack(target: str) -> str:
 
 def _model_dropout(model: nn.Module) -> float:
     config = model.config.encoder if model.config.model_type == "encoder-decoder" else model.config
-    return float(getattr(config, "dropout", getattr(config, "hidden_dropout_prob", 0.0)) or 0.0)
+    for name in ("dropout", "hidden_dropout_prob", "dropout_rate"):
+        if getattr(config, name, None) is not None:
+            return float(getattr(config, name))
+    return 0.0
 
 
 def _heads(attention_core: nn.Module) -> int:
-    return getattr(attention_core, "num_heads", None) or attention_core.num_attention_heads
+    for name in ("num_heads", "num_attention_heads", "n_heads"):
+        if hasattr(attention_core, name):
+            return getattr(attention_core, name)
+    raise ConfigError(f"model: cannot tell the number of heads of {type(attention_core).__name__}")
 
 
 def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict:
@@ -155,8 +161,7 @@ class Attachment:
         if mod.position == "head":
             parts["vectors"] = vectors = PrefixVectors(len(layers), d, mod)
             stack_host = get(self.base, self.arch.stacks[_stack(target)].rpartition(".")[0])
-            self.handles.append(stack_host.register_forward_pre_hook(lambda *_: setattr(
-                vectors, "forward_id", vectors.forward_id + 1)))
+            self.handles.append(stack_host.register_forward_pre_hook(lambda *_: vectors.start_forward()))
             if mod.function == "softmax":
                 for i, layer in enumerate(layers):
                     core = get(layer, names["core"])
@@ -228,9 +233,12 @@ class Attachment:
             for p in self.model.parameters():
                 p.requires_grad_(True)
         elif self.method.unfreeze == "bias":
-            for name, p in self.base.named_parameters():
-                if name.endswith("bias") and not name.startswith("unipeft."):
-                    p.requires_grad_(True)
+            biases = [p for n, p in self.base.named_parameters() if n.endswith("bias") and not n.startswith("unipeft.")]
+            if not biases:
+                raise ConfigError(f"method {self.method.name!r}.unfreeze: {self.model.config.model_type} has no "
+                                  "bias parameters to train")
+            for p in biases:
+                p.requires_grad_(True)
         if self.method.train_head:
             for p in self.head_parameters().values():
                 p.requires_grad_(True)

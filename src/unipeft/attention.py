@@ -54,9 +54,11 @@ def _prepend(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     return torch.cat([attend(*mask.shape[:-1], length, dtype=mask.dtype, device=mask.device), mask], dim=-1)
 
 
-def _attend(query, key, value, mask, scaling, dropout, training):
-    """softmax(q k^T · scaling + mask) v, with the log-sum-exp of the logits (for the gate λ of Eq. 8)."""
+def _attend(query, key, value, mask, scaling, dropout, training, bias):
+    """softmax(q k^T · scaling + bias + mask) v, with the log-sum-exp of the logits (for the gate λ of Eq. 8)."""
     logits = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if bias is not None:
+        logits = logits + bias
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -71,22 +73,24 @@ def unipeft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     kwargs.pop("is_causal", None)  # the prefix columns make the mask explicit
+    bias = kwargs.pop("position_bias", None)  # T5's relative position bias; prefixes have no position
     mask = _explicit_mask(module, attention_mask, query, key)
     concat = [s for s in slots if s.composition == "gate" and s.form == "concat"]
     for slot in concat:  # Li & Liang's form: head = Attn(q, [P_k; K], [P_v; V])
         p_k, p_v = (_per_head(p, query) for p in slot.vectors()[slot.layer])
         key, value = torch.cat([p_k, key], dim=2), torch.cat([p_v, value], dim=2)
         mask = _prepend(mask, p_k.shape[2])
+        bias = None if bias is None else _prepend(bias.expand(query.shape[0], -1, -1, -1), p_k.shape[2])
     explicit = [s for s in slots if s not in concat]
     if not explicit:
         output, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
-                                           is_causal=False, **kwargs)
+                                           is_causal=False, position_bias=bias, **kwargs)
         return output, None
     # The unified view written out (Eq. 7-9): h ← (1-λ) h + λ Δh, or h + Δh without the gate.
-    output, lse = _attend(query, key, value, mask, scaling, dropout, module.training)
+    output, lse = _attend(query, key, value, mask, scaling, dropout, module.training, bias)
     for slot in explicit:
         p_k, p_v = (_per_head(p, query) for p in slot.vectors()[slot.layer])
-        delta, lse_prefix = _attend(query, p_k, p_v, None, scaling, dropout, module.training)
+        delta, lse_prefix = _attend(query, p_k, p_v, None, scaling, dropout, module.training, None)
         if slot.composition == "gate":
             gate = torch.sigmoid(lse_prefix - lse)  # λ(x) = Σexp(prefix logits) / Σexp(all logits)
             output = (1 - gate) * output + gate * delta

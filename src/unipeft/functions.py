@@ -79,7 +79,7 @@ class PrefixVectors(nn.Module):
         else:
             self.vectors = nn.Parameter(torch.randn(self.shape) * 0.02)
         self._cache: tuple[object, torch.Tensor] | None = None
-        self.forward_id = 0  # bumped by the model's forward pre-hook; a new graph is needed per training step
+        self.forward_id = 0  # a new autograd graph is needed per training step
 
     def compute(self) -> torch.Tensor:
         if hasattr(self, "vectors"):
@@ -95,8 +95,11 @@ class PrefixVectors(nn.Module):
             self._cache = (key, self.compute())
         return self._cache[1]
 
-    def clear(self) -> None:
-        self._cache = None
+    def start_forward(self) -> None:
+        """Called before the layers run, outside any activation checkpoint, so that a recomputed layer finds
+        the same vectors instead of re-running the MLP (which would change what the checkpoint saved)."""
+        self.forward_id += 1
+        self()
 
     def paper_params(self) -> int:
         return math.prod(self.shape)

@@ -1,0 +1,139 @@
+"""Parameter counts against the paper's Appendix B, the command line, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel
+
+import unipeft
+from unipeft.models import build_without_weights
+
+from conftest import D, LAYERS, build
+
+# The paper's own figures (Appendix B, Tables 2, 5, 6, 12), on the shipped configs, built without weights.
+PAPER_FIGURES = [
+    ("bart-large", "mam", {}, 27_377_664, 6.7),
+    ("bart-large", "prefix", {}, 14_745_600, 3.6),
+    ("bart-large", "prefix", {"attn_bn": 512}, 37_748_736, 9.2),
+    ("bart-large", "lora_ffn", {}, 25_067_520, 6.1),
+    ("bart-large", "lora", {"attn_bn": 200}, 29_491_200, 7.2),
+    ("bart-large", "sa_ffn", {"ffn_bn": 1024}, 50_331_648, 12.3),
+    ("bart-large", "pa", {"ffn_bn": 200}, 9_830_400, 2.4),
+    ("bart-large", "adapter_pfeiffer", {}, 29_491_200, 7.2),
+    ("bart-large", "prompt", {"attn_bn": 300}, 307_200, 0.075),
+    ("mbart-large-cc25", "mam", {}, 27_377_664, 6.7),
+    ("roberta-base", "mam_glue", {}, 589_824, 0.5),
+    ("roberta-base", "lora", {}, 589_824, 0.5),
+    ("roberta-base", "prefix", {"attn_bn": 32}, 589_824, 0.5),
+]
+
+
+@pytest.mark.parametrize("model,method,budget,paper,percent", PAPER_FIGURES)
+def test_counts_reproduce_the_paper(model, method, budget, paper, percent):
+    counts = unipeft.attach(build_without_weights(model), method, **budget).counts()
+    assert counts.paper == paper
+    assert round(counts.paper_percent, len(str(percent).split(".")[1])) == percent
+
+
+def test_base_model_sizes_match_the_published_checkpoints():
+    sizes = {name: unipeft.attach(build_without_weights(name), "bitfit").base_params
+             for name in ("bart-large", "mbart-large-cc25", "roberta-base")}
+    assert sizes == {"bart-large": 406_291_456, "mbart-large-cc25": 610_851_840, "roberta-base": 124_055_040}
+
+
+def test_trainable_and_stored_counts_separate_training_cost_from_storage():
+    counts = unipeft.attach(build_without_weights("bart-large"), "prefix").counts()
+    mlp = 200 * 1024 + (1024 * 800 + 800) + (800 * 24 * 1024 + 24 * 1024)  # per attention type
+    assert counts.trainable == 3 * mlp
+    assert counts.stored == counts.paper  # the MLP folds into exactly the vectors the paper counts
+    head = unipeft.attach(build_without_weights("roberta-base"), "lora").counts()
+    assert head.head == 768 * 768 + 768 + 768 * 2 + 2 and head.trainable == head.paper + head.head
+
+
+# Appendix B, per sublayer, on the tiny test models (d = 16, d_m = 4d, L = 2; BART: 3 attentions, 2 FFNs per layer).
+def _formula(method, attn, ffn, n_attn, n_ffn):
+    l = r = 4
+    rf = 8
+    per = {"prefix": 2 * l * D * n_attn, "prefix_direct": 2 * l * D * n_attn, "mh_pa": 2 * r * D * n_attn,
+           "pa_attn": 2 * r * D * n_attn, "sa_attn": 2 * r * D * n_attn, "lora": 4 * r * D * n_attn,
+           "pa": 2 * rf * D * n_ffn, "scaled_pa": 2 * rf * D * n_ffn, "sa_ffn": 2 * rf * D * n_ffn,
+           "adapter_pfeiffer": 2 * rf * D * n_ffn, "lora_ffn": 10 * rf * D * n_ffn,
+           "adapter": 2 * r * D * n_attn + 2 * rf * D * n_ffn, "mam": 2 * l * D * n_attn + 2 * rf * D * n_ffn}
+    return per[method] * LAYERS
+
+
+@pytest.mark.parametrize("method", ["prefix", "prefix_direct", "mh_pa", "pa_attn", "sa_attn", "lora", "pa",
+                                    "scaled_pa", "sa_ffn", "adapter_pfeiffer", "lora_ffn", "adapter", "mam"])
+@pytest.mark.parametrize("arch,n_attn,n_ffn", [("bart", 3, 2), ("mbart", 3, 2), ("roberta", 1, 1), ("bert", 1, 1),
+                                               ("bert2bert", 3, 2), ("t5", 3, 2)])
+def test_counts_follow_appendix_b(method, arch, n_attn, n_ffn):
+    counts = unipeft.attach(build(arch), method, attn_bn=4, ffn_bn=8).counts()
+    assert counts.paper == _formula(method, None, None, n_attn, n_ffn)
+
+
+def test_command_line_prints_the_counts_as_json():
+    out = subprocess.run([sys.executable, "-m", "unipeft", "params", "--model", "bart-large", "--method", "mam",
+                          "--json"], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    assert result["paper"] == 27_377_664 and round(result["paper_percent"], 1) == 6.7
+    assert {"paper", "trainable", "stored", "base_params", "paper_percent"} <= result.keys()
+
+
+BAD_INPUT = [
+    ("unknown preset", lambda: unipeft.attach(build("bart"), "houlsbee"), "unknown preset 'houlsbee'"),
+    ("r <= 0", lambda: unipeft.attach(build("bart"), "pa", ffn_bn=0), r"modifications\[0\]\.size"),
+    ("unknown position", lambda: unipeft.Method.from_dict(
+        {"name": "x", "modifications": [{"position": "mlp", "size": 4}]}), r"modifications\[0\]\.position"),
+    ("unknown key", lambda: unipeft.Method.from_dict(
+        {"name": "x", "modifications": [{"position": "ffn", "size": 4, "rank": 2}]}), "unknown key 'rank'"),
+    ("architecture cannot take it", lambda: unipeft.attach(build("roberta"), {"name": "x", "modifications": [
+        {"position": "head", "size": 4, "targets": ["cross"]}]}), r"targets: roberta has no 'cross'"),
+    ("gate without softmax", lambda: unipeft.Method.from_dict(
+        {"name": "x", "modifications": [{"position": "ffn", "size": 4, "composition": "gate"}]}), "composition"),
+    ("scale without scaled composition", lambda: unipeft.Method.from_dict(
+        {"name": "x", "modifications": [{"position": "ffn", "size": 4, "scale": 2.0, "composition": "add"}]}),
+     "scale"),
+    ("sequential head", lambda: unipeft.Method.from_dict(
+        {"name": "x", "modifications": [{"position": "head", "size": 4, "insertion": "sequential"}]}), "insertion"),
+    ("unmapped model", lambda: unipeft.attach(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2)), "pa"),
+     "architecture 'gpt2' has no map"),
+    ("attached twice", lambda: [unipeft.attach(m := build("bart"), "pa"), unipeft.attach(m, "lora")],
+     "already attached"),
+]
+
+
+@pytest.mark.parametrize("name,action,pattern", BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+def test_bad_input_fails_with_one_line_naming_the_key(name, action, pattern):
+    with pytest.raises(unipeft.ConfigError) as info:
+        action()
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.search(pattern, message), message
+
+
+def test_loading_into_a_mismatched_base_fails_clearly(tmp_path):
+    unipeft.attach(build("bart"), "mam", attn_bn=4, ffn_bn=8).save(tmp_path)
+    with pytest.raises(unipeft.ConfigError, match="fingerprint"):
+        unipeft.load(BartForConditionalGeneration(BartConfig(d_model=32, encoder_layers=1, decoder_layers=1,
+                                                             vocab_size=64)), tmp_path)
+    with pytest.raises(unipeft.ConfigError, match="model_type"):
+        unipeft.load(build("roberta"), tmp_path)
+
+
+def test_loading_a_checkpoint_that_disagrees_with_its_config_fails_clearly(tmp_path):
+    unipeft.attach(build("bart"), "mam", attn_bn=4, ffn_bn=8).save(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["method"]["modifications"][1]["size"] = 6
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(unipeft.ConfigError, match=r"adapter_model\.safetensors: does not match"):
+        unipeft.load(build("bart"), tmp_path)
+
+
+def test_loading_from_a_directory_without_a_config_fails_clearly(tmp_path):
+    with pytest.raises(unipeft.ConfigError, match="adapter_config.json: not found"):
+        unipeft.load(build("bart"), tmp_path)
