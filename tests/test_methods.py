@@ -267,7 +267,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(method):
     for checkpointing in (False, True):
         model, attachment = attach(method, "bart")
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         model.train()
         torch.manual_seed(5)
         model(**batch("bart")).loss.backward()
