@@ -1,0 +1,75 @@
+"""Reading params, and writing outputs all at once or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .errors import DataError
+
+
+def params(path: str | os.PathLike = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def need(mapping: dict, dotted: str, where: str = "params.yaml"):
+    value = mapping
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise DataError(f"{where}: missing key {dotted!r}")
+        value = value[part]
+    return value
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike):
+    """Yield a staging directory that replaces `final` only if the block finishes without error."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the output should have ordinary permissions
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the prepare stage")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
