@@ -1,0 +1,73 @@
+"""DVC stage `backbone`: the offline seq2seq model, since no pretrained encoder-decoder installs from a registry.
+
+    python stages/backbone.py
+
+transformers' EncoderDecoderModel is warm-started from the packaged MiniLM on both sides (only the
+cross-attention and the LM-head transform start random), then pretrained as a denoising autoencoder
+(BART's text infilling) on the *training* texts of the offline seq2seq tasks, so that its cross-attention
+is trained before any PEFT method sees it. Writes models/backbone/ and its loss curves (DVCLive) under
+metrics/backbone/.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from unipeft_bench import io
+from unipeft_bench.denoising import InfillingCollator
+from unipeft_bench.errors import DataError
+from unipeft_bench.models import offline_environment, resolve
+
+
+def texts(tasks: list[str], split: str, limit: int, seed: int) -> list[dict]:
+    """Sources and targets of the tasks' split (both languages for translation), shuffled, at most `limit`."""
+    pool = [r[field] for task in tasks for r in io.read_jsonl(Path("data") / task / f"{split}.jsonl")
+            for field in ("source", "target")]
+    random.Random(seed).shuffle(pool)
+    return [{"text": t} for t in pool[:limit]]
+
+
+def main() -> int:
+    offline_environment()
+    try:
+        p = io.need(io.params(), "backbone")
+        train, validation = (texts(p["tasks"], s, n, p["seed"]) for s, n in (("train", p["texts"]),
+                                                                             ("validation", p["eval_texts"])))
+        encoder = resolve(p["encoder"])
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    from dvclive import Live
+    from transformers import AutoTokenizer, EncoderDecoderModel, Trainer, TrainingArguments, set_seed
+    from transformers.integrations import DVCLiveCallback
+
+    set_seed(p["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder, encoder)
+    # transformers 5 generates only with these ids in both configs.
+    for key, value in (("decoder_start_token_id", tokenizer.cls_token_id), ("pad_token_id", tokenizer.pad_token_id),
+                       ("eos_token_id", tokenizer.sep_token_id)):
+        setattr(model.config, key, value)
+        setattr(model.generation_config, key, value)
+    collator = InfillingCollator(tokenizer, p["max_length"], p["seed"], p["mask_ratio"], p["poisson_lambda"])
+    with tempfile.TemporaryDirectory() as scratch, Live("metrics/backbone", dvcyaml=None, save_dvc_exp=False) as live:
+        args = TrainingArguments(
+            output_dir=scratch, max_steps=p["steps"], per_device_train_batch_size=p["batch_size"],
+            per_device_eval_batch_size=p["batch_size"], learning_rate=p["learning_rate"],
+            warmup_steps=p["warmup_steps"], weight_decay=0.01, lr_scheduler_type="linear",
+            logging_steps=p["log_every"], eval_strategy="steps", eval_steps=p["eval_every"], save_strategy="no",
+            report_to="none", seed=p["seed"], remove_unused_columns=False, dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                          data_collator=collator, callbacks=[DVCLiveCallback(live=live)])
+        trainer.train()
+    with io.atomic_directory("models/backbone") as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""DVC stage `tokenize@<task>`: tokenized train/validation/test splits (datasets' Arrow format) for the task.
+(Not named tokenize.py: that would shadow the standard library module of the same name.)
+
+    python stages/tokenize_splits.py <task>
+
+Reads tokenize.<profile> from params.yaml: the tokenizer, max lengths and (offline) how many examples per split.
+Writes data/tokenized/<task>/ and metrics/data/<task>_tokens.json, or nothing on an error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from unipeft_bench import io
+from unipeft_bench.errors import DataError
+from unipeft_bench.models import offline_environment, resolve
+from unipeft_bench.tasks import task as get_task
+from unipeft_bench.tokenization import encode_classification, encode_seq2seq, subsample, token_stats
+
+
+def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
+    task = get_task(task_name)
+    profile = io.need(params, "profile")
+    if profile == "offline":
+        offline_environment()
+    settings = io.need(params, f"tokenize.{profile}")
+    options = io.need(settings, task_name, f"params.yaml tokenize.{profile}")
+    tokenizer_name = settings["tokenizer"]
+    tokenizer_name = tokenizer_name[task_name] if isinstance(tokenizer_name, dict) else tokenizer_name
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_name), **options.get("tokenizer_kwargs", {}))
+    splits = sorted(p.stem for p in (root / "data" / task_name).glob("*.jsonl"))
+    if not splits:
+        raise DataError(f"{root / 'data' / task_name}: no splits; run the prepare stage")
+    datasets, report = {}, {}
+    for split in splits:
+        records = subsample(io.read_jsonl(root / "data" / task_name / f"{split}.jsonl"),
+                            options.get("limit", {}).get(split), options.get("seed", 0))
+        if task.kind == "seq2seq":
+            target = options["target"] if split == "train" else options.get("eval_target", options["target"])
+            encoded = encode_seq2seq(tokenizer, records, options["source"], target)
+        else:
+            target, encoded = None, encode_classification(tokenizer, records, options["source"])
+        datasets[split] = Dataset.from_dict(encoded)
+        report[split] = {"count": len(records), **token_stats(encoded, options["source"], target)}
+    with io.atomic_directory(root / "data" / "tokenized" / task_name) as staging:
+        DatasetDict(datasets).save_to_disk(str(staging))
+        tokenizer.save_pretrained(str(staging / "tokenizer"))
+    io.write_json_atomic(root / "metrics" / "data" / f"{task_name}_tokens.json", report)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python stages/tokenize_splits.py <task>", file=sys.stderr)
+        return 2
+    try:
+        report = tokenize(argv[0], io.params())
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for split, numbers in report.items():
+        print(f"{argv[0]} {split}: {numbers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
