@@ -137,3 +137,15 @@ def test_loading_a_checkpoint_that_disagrees_with_its_config_fails_clearly(tmp_p
 def test_loading_from_a_directory_without_a_config_fails_clearly(tmp_path):
     with pytest.raises(unipeft.ConfigError, match="adapter_config.json: not found"):
         unipeft.load(build("bart"), tmp_path)
+
+
+def test_a_failed_attach_leaves_the_model_untouched():
+    model = build("roberta")
+    expected = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(unipeft.ConfigError, match="no 'cross'"):
+        unipeft.attach(model, {"name": "x", "modifications": [
+            {"position": "ffn", "size": 4}, {"position": "q", "size": 4, "targets": ["cross"]}]})
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == expected
+    assert not model._forward_hooks and all(not m._forward_hooks and not m._forward_pre_hooks
+                                            for m in model.modules())
+    unipeft.attach(model, "lora")  # and it can still take a method

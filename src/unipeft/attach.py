@@ -125,9 +125,18 @@ class Attachment:
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.prefixed: list[nn.Module] = []
         self.dropout = _model_dropout(model)
+        targets = [self._targets(i, m) for i, m in enumerate(method.modifications)]  # check all before changing any
+        trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
-        self.container = nn.ModuleList(self._build(i, m) for i, m in enumerate(method.modifications))
+        try:
+            self.container = nn.ModuleList(nn.ModuleDict({t: self._build_target(m, t) for t in ts})
+                                           for m, ts in zip(method.modifications, targets))
+        except BaseException:  # leave the model as it was given
+            self._remove_hooks()
+            for p, flag in zip(model.parameters(), trainable):
+                p.requires_grad_(flag)
+            raise
         reference = next(model.parameters())
         self.container.to(device=reference.device, dtype=reference.dtype).train(model.training)
         model.add_module("unipeft", self.container)
@@ -139,15 +148,14 @@ class Attachment:
         model.__dict__["_unipeft"] = self
 
     # building -------------------------------------------------------------------------------------------------
-    def _build(self, index: int, mod: Modification) -> nn.ModuleDict:
+    def _targets(self, index: int, mod: Modification) -> tuple[str, ...]:
         available = _available_targets(self.arch, mod)
-        targets = mod.targets if mod.targets is not None else available
-        for target in targets:
+        for target in mod.targets or ():
             if target not in available:
                 raise ConfigError(f"method {self.method.name!r}.modifications[{index}].targets: "
                                   f"{self.model.config.model_type} has no {target!r} sublayer for position "
                                   f"{mod.position!r} (it has: {', '.join(available)})")
-        return nn.ModuleDict({t: self._build_target(mod, t) for t in targets})
+        return mod.targets or available
 
     def _build_target(self, mod: Modification, target: str) -> nn.ModuleDict:
         if mod.position == "embeddings":
@@ -174,10 +182,11 @@ class Attachment:
         for i, layer in enumerate(layers):
             if mod.position == "head":
                 delta = MultiHeadBottleneck(vectors, i, get(layer, names["q"]), heads, mod, dropout)
+            elif mod.position in PROJECTIONS:
+                linear = get(layer, names[mod.position])
+                delta = Bottleneck(linear.in_features, linear.out_features, mod, dropout)
             else:
-                d_in, d_out = (get(layer, names[mod.position]).in_features,
-                               get(layer, names[mod.position]).out_features) if mod.position in PROJECTIONS else (d, d)
-                delta = Bottleneck(d_in, d_out, mod, dropout)
+                delta = Bottleneck(d, d, mod, dropout)
             site = Site(delta, Composition(mod))
             sites.append(site)
             hook = {"input": _on_input, "output": _on_output}
@@ -304,14 +313,17 @@ class Attachment:
                 linear.weight -= site.compose.scale * site.delta.delta_weight()
                 site.merged = False
 
-    def detach(self) -> None:
-        """Remove hooks and modules (unmerging first), leaving the base model as it was, still frozen."""
-        if any(s.merged for s in self.sites()):
-            self.unmerge()
+    def _remove_hooks(self) -> None:
         for handle in self.handles:
             handle.remove()
         for core in self.prefixed:
             core.__dict__.pop("_unipeft_prefixes", None)
+
+    def detach(self) -> None:
+        """Remove hooks and modules (unmerging first), leaving the base model as it was, still frozen."""
+        if any(s.merged for s in self.sites()):
+            self.unmerge()
+        self._remove_hooks()
         if self.previous_attention is not None:
             self.model.set_attn_implementation(self.previous_attention)
         del self.model._modules["unipeft"]
