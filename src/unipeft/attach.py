@@ -67,6 +67,9 @@ def _on_output(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHa
     return module.register_forward_hook(hook)
 
 
+_HOOKS = {"input": _on_input, "output": _on_output}
+
+
 def _sublayers(arch: ArchitectureMap, target: str) -> dict[str, str]:
     attn = arch.cross_attention if target == "cross" else arch.self_attention
     return {"core": attn.core, "q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o,
@@ -189,9 +192,8 @@ class Attachment:
                 delta = Bottleneck(d, d, mod, dropout)
             site = Site(delta, Composition(mod))
             sites.append(site)
-            hook = {"input": _on_input, "output": _on_output}
-            self.handles.append(hook[read_side](get(layer, names[read_at]), site.read))
-            self.handles.append(hook[write_side](get(layer, names[write_at]), site.write))
+            self.handles.append(_HOOKS[read_side](get(layer, names[read_at]), site.read))
+            self.handles.append(_HOOKS[write_side](get(layer, names[write_at]), site.write))
         parts["layers"] = sites
         return parts
 
