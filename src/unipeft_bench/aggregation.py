@@ -1,0 +1,410 @@
+"""The paper's tables and figures from the per-run metrics files: what stages/aggregate.py computes.
+
+Seeds are summarised as the paper does: generation tasks as mean ± sample standard deviation (Table 6:
+"± is the std over 3 seeds"), classification tasks as the median (Table 2: "median of 5 runs") ± std.
+Everything is computed in memory; `build` returns the files to write, so a bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import io as bytes_io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+import unipeft
+
+from .errors import DataError
+from .io import need
+from .tasks import task as get_task
+
+PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
+# Outside metrics/: the stage depends on all of metrics/, so its outputs there would be their own input.
+TABLES, PLOTS = Path("results/tables"), Path("results/plots")
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """How one task appears in the paper: its dataset name, the metrics its tables print, the one its figures plot."""
+
+    paper_name: str
+    columns: tuple[tuple[str, str], ...]  # (score key, column label) shown in the Markdown table
+    primary: str  # the score of the figures (Figure 4 plots XSum R-2)
+    axis_label: str  # the primary score's name on a figure
+    paper_decimals: int  # as the paper prints them, so its numbers read as printed
+    optional: tuple[str, ...] = ()  # scores only some profiles write; kept in the CSV when present
+
+
+TASK_VIEWS = {
+    "summarization": TaskView("XSum", (("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeLsum", "R-L")), "rouge2",
+                              "ROUGE-2", 2, optional=("rougeL",)),
+    "translation": TaskView("en-ro", (("bleu", "BLEU"),), "bleu", "BLEU", 1),
+    "nli": TaskView("MNLI", (("accuracy", ""),), "accuracy", "accuracy", 1, optional=("accuracy_mismatched",)),
+    "sentiment": TaskView("SST-2", (("accuracy", ""),), "accuracy", "accuracy", 1),
+}
+
+METHOD_NAMES = {
+    "full": "Full fine-tuning", "bitfit": "BitFit", "prompt": "Prompt tuning", "prefix": "Prefix",
+    "prefix_direct": "Prefix, no MLP", "prefix_gated": "Prefix, gated form", "prefix_nogate": "Prefix −gating",
+    "adapter": "Houlsby adapter", "adapter_pfeiffer": "Pfeiffer adapter", "sa_attn": "SA attn", "sa_ffn": "SA ffn",
+    "lora": "LoRA", "lora_ffn": "LoRA ffn", "pa": "PA ffn", "pa_attn": "PA attn", "scaled_pa": "Scaled PA",
+    "scaled_pa_learned": "Scaled PA, learned s", "mh_pa": "MH PA", "mam": "MAM", "mam_glue": "MAM",
+    "pa_attn_ffn": "PA attn + PA ffn", "prefix_lora_ffn": "Prefix + LoRA ffn",
+}
+
+
+# ---- reading the grid and its metrics files ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Grid:
+    profile: str
+    seeds: tuple[int, ...]
+    runs: tuple[str, ...]  # in the order the tables show them
+    generation: tuple[str, ...]
+    classification: tuple[str, ...]
+
+
+def read_grid(params: dict) -> Grid:
+    profile = need(params, "profile")
+    if profile not in ("offline", "real"):
+        raise DataError(f"params.yaml: profile must be 'offline' or 'real', got {profile!r}")
+    seeds, runs = need(params, "grid.seeds"), need(params, "grid.runs")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise DataError(f"params.yaml: grid.seeds must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(runs, dict) or not runs:
+        raise DataError("params.yaml: grid.runs must map run names to their specs")
+    kinds = {kind: params["grid"].get(kind) or [] for kind in ("generation", "classification")}
+    for kind, expected in (("generation", "seq2seq"), ("classification", "classification")):
+        if not isinstance(kinds[kind], list):
+            raise DataError(f"params.yaml: grid.{kind} must be a list of tasks, got {kinds[kind]!r}")
+        for name in kinds[kind]:
+            if get_task(name).kind != expected:
+                raise DataError(f"params.yaml: grid.{kind} lists {name!r}, a {get_task(name).kind} task")
+    return Grid(profile, tuple(seeds), tuple(runs), tuple(kinds["generation"]), tuple(kinds["classification"]))
+
+
+def metrics_path(root: Path, task: str, run: str, seed: int) -> Path:
+    return root / "metrics" / task / f"{run}-seed{seed}.json"
+
+
+def reported_scores(task: str, scores: dict, where: str) -> dict[str, float]:
+    """The scores the paper's tables print, under the keys of paper_results.yaml."""
+    if task == "translation":  # the paper's BLEU is tokenised and Romanian-normalised: bleu_paper, where it exists
+        bleu_paper = scores.get("bleu_paper")
+        return {"bleu": need(scores, "bleu", where) if bleu_paper is None else bleu_paper}
+    view = TASK_VIEWS[task]
+    out = {key: need(scores, key, where) for key, _ in view.columns}
+    out.update({key: scores[key] for key in view.optional if scores.get(key) is not None})
+    return out
+
+
+def read_metrics(path: Path, task: str, run: str, seed: int, profile: str) -> dict:
+    """One metrics file as a flat record; a file of another run or profile is stale, and an error."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the evaluate stage for {task} {run} seed {seed}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    for key, expected in (("task", task), ("run", run), ("seed", seed), ("profile", profile)):
+        if need(data, key, str(path)) != expected:
+            raise DataError(f"{path}: {key} is {data[key]!r}, expected {expected!r}")
+    return {"task": task, "run": run, "seed": seed, "method": need(data, "method", str(path)),
+            "sizes": need(data, "sizes", str(path)), "params_percent": need(data, "params.paper_percent", str(path)),
+            "scores": reported_scores(task, need(data, "scores", str(path)), str(path))}
+
+
+def read_all(grid: Grid, root: Path) -> list[dict]:
+    return [read_metrics(metrics_path(root, task, run, seed), task, run, seed, grid.profile)
+            for task in grid.generation + grid.classification for run in grid.runs for seed in grid.seeds]
+
+
+# ---- labels and numbers as the paper writes them -------------------------------------------------------------------
+@functools.cache
+def _attention_size_is_a_length(method: str) -> bool:
+    """Prefix and prompt sizes are lengths l; every other size is a bottleneck r (the paper's letters)."""
+    try:
+        modifications = unipeft.preset(method).modifications
+    except unipeft.ConfigError:
+        return False
+    return any(m.position == "embeddings" or (m.position == "head" and m.function == "softmax")
+               for m in modifications)
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def method_label(method: str, sizes: dict) -> str:
+    """E.g. "MAM (l=30, r=512, s=4)", "LoRA (r=16, s=2)", "Full fine-tuning"."""
+    attn, ffn, scale = sizes.get("attn"), sizes.get("ffn"), sizes.get("scale")
+    letter = "l" if _attention_size_is_a_length(method) else "r"
+    if attn is not None and ffn is not None and letter == "r":
+        parts = [f"r={_number(attn)}"] if attn == ffn else [f"attn r={_number(attn)}", f"ffn r={_number(ffn)}"]
+    else:
+        parts = ([f"{letter}={_number(attn)}"] if attn is not None else []) + (
+            [f"r={_number(ffn)}"] if ffn is not None else [])
+    if scale is not None:
+        parts.append(f"s={_number(scale)}")
+    name = METHOD_NAMES.get(method, method)
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
+def percent(value: float) -> str:
+    """The paper's style: "100%", "6.7%", "12.3%", "0.5%", "0.08%", "0.075%" (two significant digits below 1)."""
+    if value >= 100 or value <= 0:
+        return f"{value:.0f}%"
+    if value >= 1:
+        return f"{value:.1f}%"
+    return f"{value:.{1 - math.floor(math.log10(value))}f}".rstrip("0").rstrip(".") + "%"
+
+
+def mean_pm_std(center: float, std: float) -> str:
+    return f"{center:.2f}" if pd.isna(std) else f"{center:.2f} ± {std:.2f}"
+
+
+# ---- the paper's numbers -------------------------------------------------------------------------------------------
+@functools.cache
+def paper_results() -> tuple[dict, ...]:
+    return tuple(yaml.safe_load(PAPER_RESULTS.read_text())["results"])
+
+
+def _scale(value):
+    return 1.0 if value is None else (float(value) if isinstance(value, (int, float)) else value)
+
+
+def _matches(entry: dict, method: str, sizes: dict) -> bool:
+    methods = entry["method"] if isinstance(entry["method"], list) else [entry["method"]]
+    expected = entry.get("sizes") or {}
+    if method not in methods or any(expected.get(k) != sizes.get(k) for k in ("attn", "ffn")):
+        return False
+    return "scale" not in expected or _scale(expected["scale"]) == _scale(sizes.get("scale"))
+
+
+def paper_entry(task: str, method: str, sizes: dict) -> dict | None:
+    """The first entry of paper_results.yaml (its order is the precedence) with this task, method and sizes."""
+    return next((e for e in paper_results() if task in e["scores"] and _matches(e, method, sizes)), None)
+
+
+def paper_cell(entry: dict | None, task: str) -> str:
+    """The paper's numbers as printed: "45.06/21.90/36.87 ±.08/.01/.04", "37.5±.1"; missing ones as "–"."""
+    if entry is None:
+        return ""
+    view, scores, stds = TASK_VIEWS[task], entry["scores"][task], (entry.get("std") or {}).get(task)
+    decimals = view.paper_decimals
+    values = "/".join(f"{scores[k]:.{decimals}f}" if k in scores else "–" for k, _ in view.columns)
+    if not stds:
+        return values
+    spread = "/".join(f"{stds[k]:.{decimals}f}".lstrip("0") if k in stds else "–" for k, _ in view.columns)
+    return f"{values} ±{spread}" if len(view.columns) > 1 else f"{values}±{spread}"
+
+
+# ---- tables ---------------------------------------------------------------------------------------------------------
+CENTER = {"generation": "mean", "classification": "median"}  # Table 6 averages seeds; Table 2 takes the median
+
+
+def summarise(records: list[dict]) -> pd.DataFrame:
+    """Mean, median, sample std and count over seeds, indexed by (task, run, score key)."""
+    long = pd.DataFrame([{"task": r["task"], "run": r["run"], "key": key, "value": float(value)}
+                         for r in records for key, value in r["scores"].items()])
+    return long.groupby(["task", "run", "key"], sort=False)["value"].agg(["mean", "median", "std", "count"])
+
+
+def column_name(task: str, profile: str) -> str:
+    """The dataset's name in the real profile; in the offline one the task's, since the data are stand-ins."""
+    return TASK_VIEWS[task].paper_name if profile == "real" else task
+
+
+def _task_columns(task: str, run: str, stats: pd.DataFrame, center: str, profile: str,
+                  entry: dict | None) -> tuple[dict, dict]:
+    """One task's share of a row: all its scores (and the paper's) for the CSV, the printed ones for Markdown."""
+    view, name, real = TASK_VIEWS[task], column_name(task, profile), profile == "real"
+    numeric, shown = {}, {}
+    for key in stats.loc[(task, run)].index:  # every reported score, the optional ones included
+        numeric[f"{task}_{key}_{center}"] = stats.loc[(task, run, key), center]
+        numeric[f"{task}_{key}_std"] = stats.loc[(task, run, key), "std"]
+    for key, label in view.columns:
+        shown[f"{name} {label}".strip()] = mean_pm_std(stats.loc[(task, run, key), center],
+                                                       stats.loc[(task, run, key), "std"])
+        if real:
+            numeric[f"{task}_{key}_paper"] = None if entry is None else entry["scores"][task].get(key)
+    if real:
+        shown[f"{name} (paper)"] = paper_cell(entry, task)
+    return numeric, shown
+
+
+def _run_rows(grid: Grid, kind: str, run: str, first: dict, stats: pd.DataFrame) -> tuple[dict, dict]:
+    """One run's row twice: numbers for the CSV and text for the Markdown table."""
+    tasks, real = getattr(grid, kind), grid.profile == "real"
+    head = first[(tasks[0], run)]
+    label = method_label(head["method"], head["sizes"])
+    numeric = {"run": run, "method": head["method"], "label": label, "params_percent": head["params_percent"],
+               "seeds": len(grid.seeds)}
+    shown = {"Method": label,
+             "#params": " / ".join(dict.fromkeys(percent(first[(t, run)]["params_percent"]) for t in tasks))}
+    entries = {t: paper_entry(t, first[(t, run)]["method"], first[(t, run)]["sizes"]) if real else None
+               for t in tasks}
+    matched = {t: e for t, e in entries.items() if e is not None}
+    if real:
+        paper_percent = next((e["params_percent"] for e in matched.values()), None)
+        numeric.update(paper_params_percent=paper_percent, paper_source=_sources(matched, grid.profile))
+        shown["#params (paper)"] = "" if paper_percent is None else percent(paper_percent)
+    for task in tasks:
+        task_numeric, task_shown = _task_columns(task, run, stats, CENTER[kind], grid.profile, entries[task])
+        numeric.update(task_numeric)
+        shown.update(task_shown)
+    if real:
+        shown["Paper source"] = numeric["paper_source"]
+    return numeric, shown
+
+
+def _sources(matched: dict[str, dict], profile: str) -> str:
+    sources = {task: entry["source"] for task, entry in matched.items()}
+    if len(set(sources.values())) <= 1:
+        return next(iter(sources.values()), "")
+    return "; ".join(f"{column_name(task, profile)}: {source}" for task, source in sources.items())
+
+
+def _distinct_labels(shown: pd.DataFrame, runs: tuple[str, ...]) -> pd.DataFrame:
+    """Two runs of the same method and sizes (other settings differ) get their run name, to tell them apart."""
+    repeated = shown["Method"].duplicated(keep=False)
+    shown.loc[repeated, "Method"] = [f"{label} [{run}]" for label, run in zip(shown["Method"][repeated],
+                                                                               pd.Series(runs)[repeated])]
+    return shown
+
+
+def results_table(grid: Grid, kind: str, records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The numeric table (CSV) and its formatted twin (Markdown): one row per run, in grid order."""
+    tasks = getattr(grid, kind)
+    if not tasks:
+        return pd.DataFrame(columns=["run", "method", "label", "params_percent", "seeds"]), pd.DataFrame()
+    mine = [r for r in records if r["task"] in tasks]
+    first = {(r["task"], r["run"]): r for r in reversed(mine)}  # the first seed's record: method, sizes, #params
+    stats = summarise(mine)
+    rows = [_run_rows(grid, kind, run, first, stats) for run in grid.runs]
+    numeric, shown = pd.DataFrame([n for n, _ in rows]), pd.DataFrame([s for _, s in rows])
+    return numeric.round(4), _distinct_labels(shown, grid.runs)
+
+
+def markdown(shown: pd.DataFrame) -> str:
+    """A pipe table, written here because pandas' to_markdown needs tabulate, which would reformat our cells."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+    text_columns = ("Method", "Paper source")  # left-aligned; the numbers right-aligned
+    rule = "|" + "|".join("---" if column in text_columns else "---:" for column in shown.columns) + "|"
+    return "\n".join([line(shown.columns), rule] + [line(row) for row in shown.itertuples(index=False)])
+
+
+def table_notes(grid: Grid, kind: str) -> list[str]:
+    tasks, seeds = getattr(grid, kind), ", ".join(map(str, grid.seeds))
+    notes = [f"Scores: mean ± sample standard deviation over seeds {seeds}, as the paper's Table 6 (3 seeds)."
+             if kind == "generation" else
+             f"Scores: accuracy, median ± sample standard deviation over seeds {seeds}, as the paper's Table 2 "
+             "(median of 5 runs).",
+             "#params: the paper's count (Appendix B: no biases, LayerNorms or prefix MLP) as a percentage of its "
+             "denominator for the model (409.6M for BART and mBART; the base model otherwise)."]
+    if "summarization" in tasks:
+        notes.append("R-L is ROUGE-Lsum (summaries split into sentences, as the paper's script; its Table 5 header "
+                     "says LSum); plain ROUGE-L is in the CSV.")
+    if "translation" in tasks:
+        notes.append("BLEU: the paper's tokenised BLEU after Romanian normalisation (bleu_paper)." if grid.profile ==
+                     "real" else "BLEU: sacreBLEU with its defaults; the paper's Romanian normalisation does not "
+                     "apply to the stand-in's Spanish targets.")
+    if grid.profile == "real":
+        notes.append("(paper): the paper's numbers for the same method and sizes, as printed, from "
+                     "src/unipeft_bench/paper_results.yaml (table in 'Paper source'); empty where it has no such run.")
+    else:
+        notes.append("Offline profile: stand-in data and a small backbone, so the paper's numbers are not "
+                     "comparable and are not shown.")
+    return notes
+
+
+def table_markdown(grid: Grid, kind: str, shown: pd.DataFrame) -> str:
+    title = {"generation": "Generation tasks (the shape of the paper's Tables 3-6 and 12)",
+             "classification": "Classification tasks (the shape of the paper's Table 2)"}[kind]
+    if shown.empty:
+        return f"# {title}\n\nno tasks of this kind in the grid\n"
+    return f"# {title}\n\n{markdown(shown)}\n\n" + "".join(f"- {note}\n" for note in table_notes(grid, kind))
+
+
+# ---- figures --------------------------------------------------------------------------------------------------------
+def plot_data(grid: Grid, task: str, numeric: pd.DataFrame) -> pd.DataFrame:
+    """Figures 4-5's points: the primary score (the table's center over seeds) against the % of parameters."""
+    kind = "generation" if task in grid.generation else "classification"
+    score = f"{task}_{TASK_VIEWS[task].primary}_{CENTER[kind]}"
+    return numeric[["method", "run", "params_percent", score]].rename(columns={score: "score"})
+
+
+def plot_png(data: pd.DataFrame, task: str, profile: str) -> bytes:
+    """One line per method through its budgets on a log x axis; full fine-tuning as a dashed horizontal line."""
+    from matplotlib import ticker
+    from matplotlib.figure import Figure  # no pyplot: no global state, and saving a PNG uses the Agg canvas
+
+    view = TASK_VIEWS[task]
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    axes = figure.subplots()
+    peft = data[(data["method"] != "full") & (data["params_percent"] > 0)]
+    for method, points in peft.groupby("method", sort=False):
+        points = points.sort_values("params_percent")
+        axes.plot(points["params_percent"], points["score"], marker="o", label=METHOD_NAMES.get(method, method))
+    for score in data.loc[data["method"] == "full", "score"]:
+        axes.axhline(score, linestyle="--", color="grey", label="Full fine-tuning")
+    if not peft.empty:
+        axes.set_xscale("log")  # budgets span 0.01% to 10%, as the paper's Figures 4-5
+        axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}%"))
+        axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.set(xlabel="parameters (the paper's count, log scale)", ylabel=view.axis_label,
+             title=f"{column_name(task, profile)}: {view.axis_label} against the parameter budget")
+    axes.grid(True, which="both", alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
+    buffer = bytes_io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, metadata={"Software": None})  # no version: same input, same file
+    return buffer.getvalue()
+
+
+# ---- everything, in memory ------------------------------------------------------------------------------------------
+def report_line(task: str, data: pd.DataFrame, numeric: pd.DataFrame) -> str:
+    labels = dict(zip(numeric["run"], numeric["label"]))
+    full, peft = data[data["method"] == "full"], data[data["method"] != "full"]
+    parts = []
+    if not peft.empty:
+        best = peft.loc[peft["score"].idxmax()]
+        parts.append(f"best {best['score']:.2f} by {labels[best['run']]} at {percent(best['params_percent'])}")
+    if not full.empty:
+        parts.append(f"full fine-tuning {full['score'].iloc[0]:.2f}")
+    return f"{task} {TASK_VIEWS[task].primary}: " + "; ".join(parts)
+
+
+def build(params: dict, root: Path = Path(".")) -> tuple[dict[Path, str | bytes], list[str]]:
+    """Every output file's content, keyed by path, and a short report; reads everything before returning."""
+    grid = read_grid(params)
+    records = read_all(grid, root)
+    outputs, report = {}, []
+    for kind in ("generation", "classification"):
+        numeric, shown = results_table(grid, kind, records)
+        outputs[root / TABLES / f"{kind}.csv"] = numeric.to_csv(index=False)
+        outputs[root / TABLES / f"{kind}.md"] = table_markdown(grid, kind, shown)
+        report.append(f"{kind}: {len(numeric)} runs x {len(getattr(grid, kind))} tasks x {len(grid.seeds)} seeds "
+                      f"-> {TABLES / kind}.md, .csv")
+        for task in getattr(grid, kind):
+            data = plot_data(grid, task, numeric)
+            outputs[root / PLOTS / f"{task}.csv"] = data.to_csv(index=False)
+            outputs[root / PLOTS / f"{task}.png"] = plot_png(data, task, grid.profile)
+            report.append(report_line(task, data, numeric))
+    return outputs, report
+
+
+def write_outputs(outputs: dict[Path, str | bytes]) -> None:
+    """Each file through a temporary name and a rename, so no reader sees half a file."""
+    for path, content in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(content if isinstance(content, bytes) else content.encode())
+        os.replace(temporary, path)

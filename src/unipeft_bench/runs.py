@@ -1,0 +1,126 @@
+"""What one training run is: a task, a method at a budget, a seed, a base model, and where its outputs go.
+
+A run is either a point of params.yaml's `grid` (`python stages/train.py <task> <run> <seed>`) or the single
+experiment described by the top-level keys task/model/method/budget/seed (`python stages/train.py experiment`),
+which `dvc exp run -S method=...` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import io
+from .errors import DataError
+from .tasks import task as get_task
+
+BUDGET_KEYS = ("attn_bn", "ffn_bn", "scale")
+EXPERIMENT = "experiment"
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    name: str  # the grid's run name (method-budget), or "experiment"
+    method: str
+    budget: dict = field(default_factory=dict)  # attn_bn / ffn_bn / scale; None keeps the preset's own size
+    seed: int = 42
+    model: str = ""
+    profile: str = "offline"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.task}/{self.name}-seed{self.seed}"
+
+    @property
+    def root(self) -> Path | None:  # the single experiment keeps everything under experiment/
+        return Path(EXPERIMENT) if self.name == EXPERIMENT else None
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.root / "adapter" if self.root else Path("runs") / self.slug
+
+    @property
+    def checkpoint_dir(self) -> Path:  # outside DVC's outputs, so that an interrupted run can resume from it
+        return Path("checkpoints") / (EXPERIMENT if self.root else self.slug)
+
+    @property
+    def live_dir(self) -> Path:
+        return self.root / "train" if self.root else Path("metrics") / "train" / self.slug
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json" if self.root else Path("metrics") / f"{self.slug}.json"
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.root / "predictions.jsonl" if self.root else Path("predictions") / f"{self.slug}.jsonl"
+
+    def fingerprint(self, settings: dict) -> str:
+        """Equal only for the same run and training settings: a checkpoint of another configuration is not resumed."""
+        text = json.dumps({"run": asdict(self), "settings": settings}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _budget(spec: dict, where: str) -> dict:
+    if not isinstance(spec, dict):
+        raise DataError(f"params.yaml {where}: expected a mapping of {', '.join(BUDGET_KEYS)}")
+    unknown = sorted(set(spec) - set(BUDGET_KEYS))
+    if unknown:
+        raise DataError(f"params.yaml {where}: unknown key {unknown[0]!r}; expected some of {', '.join(BUDGET_KEYS)}")
+    return {k: spec[k] for k in BUDGET_KEYS if spec.get(k) is not None}
+
+
+def model_name(params: dict, profile: str, task: str, requested: str = "auto") -> str:
+    return io.need(params, f"models.{profile}.{task}") if requested == "auto" else requested
+
+
+def grid_budget(spec: dict, profile: str, task_kind: str, where: str) -> dict:
+    """A grid run's budget for the profile; `<profile>.classification` overrides it for classification tasks
+    (the paper uses far smaller budgets on GLUE than on XSum and en-ro)."""
+    per_profile = dict(spec.get(profile) or {})
+    override = per_profile.pop("classification", None)
+    if task_kind == "classification" and override is not None:
+        return _budget(override, f"{where}.{profile}.classification")
+    return _budget(per_profile, f"{where}.{profile}")
+
+
+def resolve(params: dict, argv: list[str]) -> Run:
+    """The run named on a stage's command line: `experiment`, or `<task> <run> <seed>` of the grid."""
+    profile = io.need(params, "profile")
+    if argv == [EXPERIMENT]:
+        task = get_task(io.need(params, "task"))
+        return Run(task.name, EXPERIMENT, io.need(params, "method"), _budget(io.need(params, "budget"), "budget"),
+                   int(io.need(params, "seed")), model_name(params, profile, task.name, io.need(params, "model")),
+                   profile)
+    if len(argv) != 3:
+        raise DataError("usage: <stage>.py experiment | <stage>.py <task> <run> <seed>")
+    task, name, seed = get_task(argv[0]), argv[1], argv[2]
+    spec = io.need(params, f"grid.runs.{name}")
+    if not isinstance(spec, dict) or "method" not in spec:
+        raise DataError(f"params.yaml grid.runs.{name}: expected a mapping with a 'method'")
+    return Run(task.name, name, spec["method"], grid_budget(spec, profile, task.kind, f"grid.runs.{name}"),
+               int(seed), model_name(params, profile, task.name), profile)
+
+
+def load_base_model(run: Run, tokenizer, settings: dict):
+    """The pretrained model for the run's task, with a fresh classification head where the task needs one."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    from .models import resolve as resolve_model
+
+    task = get_task(run.task)
+    name = resolve_model(run.model)
+    config = AutoConfig.from_pretrained(name, **settings.get("model_config", {}))
+    if task.kind == "classification":
+        config.num_labels = task.num_labels
+        return AutoModelForSequenceClassification.from_pretrained(name, config=config)
+    model = AutoModelForSeq2SeqLM.from_pretrained(name, config=config)
+    target_language = getattr(tokenizer, "tgt_lang", None)
+    if target_language and model.config.model_type == "mbart":
+        # mBART-cc25 starts decoding with the target language code (as the paper's and HF's translation scripts).
+        language_id = tokenizer.convert_tokens_to_ids(target_language)
+        model.config.decoder_start_token_id = model.generation_config.decoder_start_token_id = language_id
+    return model

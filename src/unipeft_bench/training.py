@@ -1,0 +1,97 @@
+"""The task's hyperparameters (params.yaml train.<profile>.<task>) as HF TrainingArguments, and what goes with them:
+validation metrics for checkpoint selection, resuming an interrupted run, peak memory."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+# The paper's checkpoint selection: ROUGE-2 for XSum, loss for en-ro, accuracy for GLUE.
+SELECTIONS = {"rouge2": True, "bleu": True, "accuracy": True, "loss": False}  # name → greater is better
+
+
+def learning_rate(settings: dict, method: str) -> float:
+    return float((settings.get("learning_rate_by_method") or {}).get(method, settings["learning_rate"]))
+
+
+def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
+    from transformers import Seq2SeqTrainingArguments
+
+    select = settings["select"]
+    if select not in SELECTIONS:
+        raise DataError(f"params.yaml train.{run.profile}.{run.task}.select: unknown {select!r}; "
+                        f"expected one of {', '.join(SELECTIONS)}")
+    batch = settings["batch_size"] * settings.get("gradient_accumulation", 1)
+    by_epoch = "epochs" in settings
+    total_steps = (int(np.ceil(train_examples / batch)) * settings["epochs"] if by_epoch else settings["steps"])
+    warmup = settings.get("warmup", 0)  # a fraction of the steps (GLUE: 6%) or a number of steps
+    generation = settings.get("validation_generation", {}) if seq2seq else {}
+    return Seq2SeqTrainingArguments(
+        output_dir=str(run.checkpoint_dir), seed=run.seed, data_seed=run.seed,
+        learning_rate=learning_rate(settings, run.method), lr_scheduler_type="linear",
+        warmup_steps=int(round(warmup * total_steps)) if warmup < 1 else int(warmup),
+        per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=settings["eval_batch_size"],
+        gradient_accumulation_steps=settings.get("gradient_accumulation", 1),
+        **({"num_train_epochs": settings["epochs"]} if by_epoch else {"max_steps": settings["steps"]}),
+        weight_decay=settings["weight_decay"], max_grad_norm=settings["max_grad_norm"],
+        adam_beta2=settings.get("adam_beta2", 0.999), adam_epsilon=settings.get("adam_epsilon", 1e-8),
+        label_smoothing_factor=settings.get("label_smoothing", 0.0), fp16=settings.get("fp16", False),
+        eval_strategy="epoch" if by_epoch else "steps", save_strategy="epoch" if by_epoch else "steps",
+        eval_steps=None if by_epoch else settings["eval_every"], save_steps=None if by_epoch else settings["eval_every"],
+        logging_steps=settings.get("log_every", 10), save_total_limit=2, load_best_model_at_end=True,
+        metric_for_best_model=select, greater_is_better=SELECTIONS[select],
+        predict_with_generate=seq2seq and select != "loss", generation_num_beams=generation.get("num_beams"),
+        generation_max_length=generation.get("max_length"),
+        train_sampling_strategy="group_by_length" if settings.get("group_by_length") else "random", report_to="none", dataloader_num_workers=settings.get("dataloader_workers", 0))
+
+
+def compute_metrics_for(metric: str, tokenizer):
+    """Validation scores from Trainer's predictions: generated ids for ROUGE/BLEU, logits for accuracy."""
+    from . import metrics
+
+    def decode(ids):
+        ids = np.where(ids < 0, tokenizer.pad_token_id, ids)  # -100 marks padding in labels and predictions
+        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def compute(prediction) -> dict:
+        predictions, labels = prediction.predictions, prediction.label_ids
+        if metric == "accuracy":
+            logits = predictions[0] if isinstance(predictions, tuple) else predictions
+            return {"accuracy": float((logits.argmax(-1) == labels).mean() * 100)}
+        hypotheses, references = decode(predictions), decode(labels)
+        scores = metrics.rouge(hypotheses, references) if metric == "rouge" else metrics.bleu(hypotheses, references)
+        return {k: v for k, v in scores.items() if not isinstance(v, str)}
+
+    return compute
+
+
+def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
+    """The last checkpoint of an interrupted run of the same configuration; anything else there is cleared."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    marker = checkpoint_dir / "run.json"
+    if checkpoint_dir.is_dir():
+        same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        last = get_last_checkpoint(str(checkpoint_dir)) if same else None
+        if last:
+            print(f"resuming from {last}")
+            return last
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    return None
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory on a GPU; otherwise the process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB

@@ -1,0 +1,122 @@
+"""DVC stage `evaluate`: score a trained run on its task's test split, as the paper does.
+
+    python stages/evaluate.py <task> <run> <seed>     # a point of the grid (matrix stage evaluate)
+    python stages/evaluate.py experiment              # the single experiment (exp_evaluate)
+
+Summarization: beam search with evaluate.<profile>.<task>.generation, ROUGE-1/2/L/Lsum (rouge-score, stemming).
+Translation: beam search, sacreBLEU with its signature, and for Romanian targets the paper's normalised,
+tokenised BLEU beside it. Classification: accuracy (MNLI: matched and, when present, mismatched).
+Writes metrics/<task>/<run>-seed<seed>.json (scores, the three parameter counts, training time, peak memory,
+steps, seed, package versions) and the predictions, or nothing on an error.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from unipeft_bench import io, metrics
+from unipeft_bench.errors import DataError
+from unipeft_bench.generation import generate
+from unipeft_bench.models import offline_environment
+from unipeft_bench.runs import Run, load_base_model, resolve
+from unipeft_bench.tasks import task as get_task
+
+PACKAGES = ("torch", "transformers", "datasets", "unipeft", "sacrebleu", "rouge-score", "dvc")
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), **{p: metadata.version(p) for p in PACKAGES}}
+
+
+def score_seq2seq(task_name: str, predictions: list[str], references: list[str], target_language: str | None):
+    if task_name == "summarization":
+        return metrics.rouge(predictions, references)
+    scores = {**metrics.bleu(predictions, references), "bleu_paper": None, "bleu_paper_signature": None}
+    scores["bleu_signature"] = scores.pop("signature")
+    if target_language and target_language.startswith("ro"):
+        from unipeft_bench.romanian import paper_bleu
+
+        scores.update(paper_bleu(predictions, references))
+    return scores
+
+
+def classify(model, dataset, tokenizer, batch_size: int) -> list[int]:
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer)
+    rows = list(dataset.select_columns([c for c in ("input_ids", "attention_mask", "token_type_ids")
+                                        if c in dataset.column_names]))
+    model.eval()
+    predicted = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            predicted += model(**collate(rows[start:start + batch_size]).to(model.device)).logits.argmax(-1).tolist()
+    return predicted
+
+
+def evaluate(run: Run, settings: dict) -> dict:
+    import unipeft
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    training_file = run.adapter_dir / "training.json"
+    if not training_file.is_file():
+        raise DataError(f"{training_file}: not found; run the train stage")
+    task = get_task(run.task)
+    data_dir = Path("data/tokenized") / run.task
+    data = load_from_disk(str(data_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    model = load_base_model(run, tokenizer, {})
+    try:
+        attachment = unipeft.load(model, run.adapter_dir)
+    except unipeft.ConfigError as err:
+        raise DataError(str(err)) from None
+    started = time.perf_counter()
+    scores, predictions = {}, {}
+    if task.kind == "seq2seq":
+        test = data["test"]
+        predictions["test"] = generate(model, tokenizer, test, settings["batch_size"], **settings["generation"])
+        scores = score_seq2seq(task.name, predictions["test"], test["target"], getattr(tokenizer, "tgt_lang", None))
+    else:
+        for split, key in (("test", "accuracy"), ("test_mismatched", "accuracy_mismatched")):
+            if split in data:
+                predictions[split] = classify(model, data[split], tokenizer, settings["batch_size"])
+                correct = sum(p == label for p, label in zip(predictions[split], data[split]["labels"]))
+                scores[key] = round(100 * correct / len(data[split]), 2)
+    sizes = {side: next((m.size for m in attachment.method.modifications if m.budget_side == side), None)
+             for side in ("attn", "ffn")}
+    sizes["scale"] = next((m.scale for m in attachment.method.modifications if m.composition == "scale"), None)
+    return {"task": run.task, "profile": run.profile, "run": run.name, "method": run.method, "seed": run.seed,
+            "model": run.model, "sizes": sizes, "scores": scores, "params": attachment.counts().to_dict(),
+            "training": json.loads(training_file.read_text()),
+            "evaluation": {"split": "test", "examples": len(data["test"]),
+                           "seconds": round(time.perf_counter() - started, 1)},
+            "versions": versions()}, predictions, data
+
+
+def main(argv: list[str]) -> int:
+    try:
+        params = io.params()
+        run = resolve(params, argv)
+        if run.profile == "offline":
+            offline_environment()
+        report, predictions, data = evaluate(run, io.need(params, f"evaluate.{run.profile}.{run.task}"))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    records = [{"split": split, "id": row_id, "prediction": prediction}
+               for split, values in predictions.items() for row_id, prediction in zip(data[split]["id"], values)]
+    io.write_text_atomic(run.predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    io.write_json_atomic(run.metrics_path, report)
+    print(f"{run.slug}: {report['scores']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
