@@ -21,6 +21,7 @@ def learning_rate(settings: dict, method: str) -> float:
 
 
 def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
+    import torch
     from transformers import Seq2SeqTrainingArguments
 
     select = settings["select"]
@@ -48,7 +49,7 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
         metric_for_best_model=select, greater_is_better=SELECTIONS[select],
         predict_with_generate=seq2seq and select != "loss", generation_num_beams=generation.get("num_beams"),
         generation_max_length=generation.get("max_length"),
-        train_sampling_strategy="group_by_length" if settings.get("group_by_length") else "random", report_to="none", dataloader_num_workers=settings.get("dataloader_workers", 0))
+        train_sampling_strategy="group_by_length" if settings.get("group_by_length") else "random", report_to="none", dataloader_pin_memory=torch.cuda.is_available(), dataloader_num_workers=settings.get("dataloader_workers", 0))
 
 
 def compute_metrics_for(metric: str, tokenizer):

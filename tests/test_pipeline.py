@@ -1,0 +1,98 @@
+"""End to end: the project's own dvc.yaml on a tiny profile, in a temporary git repository.
+
+`dvc repro` (prepare → backbone → tokenize → train → evaluate → aggregate, and the single experiment), then
+`dvc exp run -S method=lora`, then `dvc metrics diff`, as a user would run them. The raw assets are small files
+in the offline assets' formats; the models are the packaged MiniLM and a backbone built from it in two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import data_fixtures as fx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["backbone"].update(texts=64, eval_texts=8, steps=2, batch_size=4, eval_every=1, log_every=1,
+                              warmup_steps=0)
+    for task, options in params["tokenize"]["offline"].items():
+        if isinstance(options, dict):
+            options.update(limit={"train": 24, "validation": 8, "test": 6})
+    for settings in params["train"]["offline"].values():
+        settings.update(steps=2, batch_size=4, eval_batch_size=4, eval_every=1, eval_examples=4, log_every=1)
+    params["grid"].update(seeds=[7], runs={name: params["grid"]["runs"][name] for name in ("full", "mam-small")})
+    params["evaluate"]["offline"]["summarization"]["generation"].update(num_beams=2, max_length=8)
+    return params
+
+
+def dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    done = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in ("stages", "src"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    fx.offline_assets(repo / "assets")
+    (repo / ".gitignore").write_text("/assets/\n/checkpoints/\n")
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "project")  # as a clone of it: DVCLive needs a commit to compare against
+    return repo
+
+
+@pytest.mark.slow
+def test_repro_then_one_experiment_then_metrics_diff(repo):
+    out = dvc(repo, "repro")
+    for stage in ("backbone", "train_generation@summarization-mam-small-7", "evaluate_classification@sentiment-full-7",
+                  "aggregate", "exp_evaluate"):
+        assert f"Running stage '{stage}'" in out
+
+    run = json.loads((repo / "metrics/summarization/mam-small-seed7.json").read_text())
+    assert run["method"] == "mam" and run["seed"] == 7 and run["training"]["steps"] == 2
+    assert set(run["scores"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert 0 < run["params"]["paper"] < run["params"]["base_params"]  # a budget, not the whole model
+    assert (repo / "runs/summarization/mam-small-seed7/adapter_model.safetensors").is_file()
+    full = json.loads((repo / "metrics/sentiment/full-seed7.json").read_text())
+    assert 0 <= full["scores"]["accuracy"] <= 100 and full["params"]["trainable"] > full["params"]["base_params"]
+    table = (repo / "results/tables/generation.md").read_text()
+    assert "MAM (l=5, r=16, s=4)" in table and "Full fine-tuning" in table
+    assert (repo / "results/plots/sentiment.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((repo / "experiment/metrics.json").read_text())["method"] == "mam"
+
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+    out = dvc(repo, "exp", "run", "-S", "method=lora")
+    assert "Running stage 'exp_train'" in out and "Running stage 'exp_evaluate'" in out
+    assert "Running stage 'backbone'" not in out and "Running stage 'train_generation" not in out
+    experiment = json.loads((repo / "experiment/metrics.json").read_text())
+    assert experiment["method"] == "lora" and experiment["sizes"]["attn"] == 8  # params.yaml budget.attn_bn
+
+    diff = json.loads(dvc(repo, "metrics", "diff", "--json"))
+    changed = diff["experiment/metrics.json"]
+    assert "params.paper" in changed and changed["params.paper"]["old"] != changed["params.paper"]["new"]

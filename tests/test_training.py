@@ -1,0 +1,138 @@
+"""A run's definition from params.yaml, its training arguments, and resuming: no model needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from unipeft_bench.errors import DataError
+from unipeft_bench.runs import Run, grid_budget, resolve
+from unipeft_bench.training import learning_rate, resume_point, training_arguments
+
+from test_pipeline import ROOT
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_grid_runs_resolve_per_profile_and_task_kind():
+    mam = PARAMS["grid"]["runs"]["mam-small"]
+    assert grid_budget(mam, "offline", "seq2seq", "x") == mam["offline"]
+    assert grid_budget(mam, "real", "seq2seq", "x") == {"attn_bn": 30, "ffn_bn": 512}
+    assert grid_budget(mam, "real", "classification", "x") == {"attn_bn": 16, "ffn_bn": 16, "scale": 2}  # Table 2
+    run = resolve(PARAMS, ["sentiment", "mam-small", "3"])
+    assert (run.method, run.seed, run.model, run.budget) == ("mam", 3, "minilm", mam["offline"])
+    assert str(run.adapter_dir) == "runs/sentiment/mam-small-seed3"
+    assert str(run.metrics_path) == "metrics/sentiment/mam-small-seed3.json"
+
+
+def test_the_experiment_reads_the_top_level_keys():
+    params = {**PARAMS, "task": "summarization", "method": "lora", "budget": {"attn_bn": 4, "ffn_bn": None}}
+    run = resolve(params, ["experiment"])
+    assert (run.task, run.method, run.budget, run.model) == ("summarization", "lora", {"attn_bn": 4},
+                                                              "models/backbone")
+    assert str(run.metrics_path) == "experiment/metrics.json" and str(run.adapter_dir) == "experiment/adapter"
+
+
+@pytest.mark.parametrize("change, argv, message", [
+    ({}, ["sentiment", "nope", "1"], "missing key 'grid.runs.nope'"),
+    ({}, ["poetry", "full", "1"], "unknown task 'poetry'"),
+    ({"budget": {"attn_bn": 4, "rank": 2}}, ["experiment"], "budget: unknown key 'rank'"),
+    ({"grid": {"runs": {"odd": {"size": 3}}}}, ["sentiment", "odd", "1"], "grid.runs.odd: expected a mapping"),
+    ({}, ["sentiment"], "usage"),
+])
+def test_bad_run_definitions_fail_in_one_line(change, argv, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(")) as err:
+        resolve({**PARAMS, **change}, argv)
+    assert "\n" not in str(err.value)
+
+
+def test_training_arguments_follow_the_task_settings(tmp_path):
+    settings = dict(PARAMS["train"]["real"]["sentiment"])  # the paper's GLUE setting: 10 epochs, 6% warmup
+    run = Run("sentiment", "x", "full", seed=5, profile="real")
+    args = training_arguments(settings, run, seq2seq=False, train_examples=6400)
+    assert args.num_train_epochs == 10 and args.warmup_steps == round(0.06 * 200 * 10)
+    assert (args.metric_for_best_model, args.greater_is_better, args.load_best_model_at_end) == ("accuracy", True, True)
+    assert (args.adam_beta2, args.adam_epsilon, args.weight_decay) == (0.98, 1e-6, 0.1)
+    xsum = training_arguments(PARAMS["train"]["real"]["summarization"], Run("summarization", "x", "mam"), True, 10)
+    assert xsum.predict_with_generate and xsum.generation_num_beams == 6 and xsum.max_grad_norm == 0.1
+    assert (xsum.learning_rate, xsum.per_device_train_batch_size * xsum.gradient_accumulation_steps) == (5e-5, 64)
+    assert learning_rate(PARAMS["train"]["real"]["summarization"], "full") == 3e-5
+    mt = training_arguments(PARAMS["train"]["real"]["translation"], Run("translation", "x", "mam"), True, 10)
+    assert not mt.predict_with_generate and mt.metric_for_best_model == "loss" and not mt.greater_is_better
+    with pytest.raises(DataError, match="select: unknown 'bleu4'"):
+        training_arguments({**settings, "select": "bleu4"}, run, False, 10)
+
+
+def test_resume_only_from_a_checkpoint_of_the_same_configuration(tmp_path):
+    directory = tmp_path / "checkpoints"
+    assert resume_point(directory, "aaa") is None  # a fresh run marks the directory as its own
+    assert json.loads((directory / "run.json").read_text()) == {"fingerprint": "aaa"}
+    (directory / "checkpoint-4").mkdir()
+    (directory / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert resume_point(directory, "aaa") == str(directory / "checkpoint-4")
+    assert resume_point(directory, "bbb") is None and not (directory / "checkpoint-4").exists()
+
+
+def test_fingerprint_changes_with_the_run_and_the_settings():
+    run = Run("sentiment", "x", "lora", {"attn_bn": 4})
+    assert run.fingerprint({"steps": 2}) != run.fingerprint({"steps": 3})
+    assert run.fingerprint({"steps": 2}) != Run("sentiment", "x", "lora", {"attn_bn": 8}).fingerprint({"steps": 2})
+
+
+@pytest.fixture
+def sentiment_project(tmp_path, monkeypatch):
+    import data_fixtures as fx
+    from prepare import prepare
+    from test_data import PARAMS as DATA_PARAMS
+    from tokenize_splits import tokenize
+
+    fx.offline_assets(tmp_path / "assets")
+    prepare("sentiment", DATA_PARAMS, tmp_path)
+    tokenize("sentiment", {"profile": "offline", "tokenize": {"offline": {
+        "tokenizer": "minilm", "sentiment": {"source": 16, "limit": {"train": 24}}}}}, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_project, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    from train import train
+
+    settings = {"steps": 4, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "eval_examples": 8,
+                "learning_rate": 1e-3, "warmup": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "select": "accuracy"}
+    run = Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=3, model="minilm")
+    train(run, settings)
+    weights = run.adapter_dir / "adapter_model.safetensors"
+    uninterrupted = load_file(weights)
+    weights.unlink()
+
+    step = Trainer.training_step
+
+    def crash_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, settings)
+    assert (run.checkpoint_dir / "checkpoint-2").is_dir() and not weights.exists()
+    steps_taken = []
+
+    def count(self, *args, **kwargs):
+        steps_taken.append(self.state.global_step)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", count)
+    report = train(run, settings)
+    assert steps_taken == [2, 3]  # resumed from checkpoint-2, not started over
+    assert report["steps"] == 4 and not run.checkpoint_dir.exists()  # cleaned up once finished
+    resumed = load_file(weights)
+    assert resumed.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, msg=name)
