@@ -7,7 +7,7 @@ the first `decoder_layers` as the decoder, each cross-attention copied from its 
 LM-head transform set to the identity. It is then pretrained as a denoising autoencoder (BART's text
 infilling) on the *training* texts of the offline seq2seq tasks, so that its cross-attention is trained before
 any PEFT method sees it. Writes models/backbone/ and its loss curves (DVCLive) under
-metrics/backbone/.
+metrics/backbone/. In the real profile it builds nothing and says so in models/backbone/UNUSED.md.
 """
 
 from __future__ import annotations
@@ -73,7 +73,13 @@ def optimizer_and_schedule(model, p: dict):
 def main() -> int:
     offline_environment()
     try:
-        p = io.need(io.params(), "backbone")
+        params = io.params()
+        if io.need(params, "profile") == "real":  # the paper's models are pretrained; nothing to build
+            with io.atomic_directory("models/backbone") as staging:
+                (staging / "UNUSED.md").write_text("The real profile uses the paper's pretrained models "
+                                                   "(params.yaml models.real); this offline backbone is not built.\n")
+            return 0
+        p = io.need(params, "backbone")
         train, validation = (texts(p["tasks"], s, n, p["seed"]) for s, n in (("train", p["texts"]),
                                                                              ("validation", p["eval_texts"])))
         encoder = resolve(p["encoder"])
