@@ -22,8 +22,7 @@ from pathlib import Path
 from unipeft_bench import io, metrics
 from unipeft_bench.errors import DataError
 from unipeft_bench.generation import generate
-from unipeft_bench.models import offline_environment
-from unipeft_bench.runs import Run, load_base_model, resolve
+from unipeft_bench.runs import Run, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 
 PACKAGES = ("torch", "transformers", "datasets", "unipeft", "sacrebleu", "rouge-score", "dvc")
@@ -100,23 +99,14 @@ def evaluate(run: Run, settings: dict) -> dict:
             "versions": versions()}, predictions, data
 
 
-def main(argv: list[str]) -> int:
-    try:
-        params = io.params()
-        run = resolve(params, argv)
-        if run.profile == "offline":
-            offline_environment()
-        report, predictions, data = evaluate(run, io.need(params, f"evaluate.{run.profile}.{run.task}"))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def evaluate_and_save(run: Run, settings: dict) -> dict:
+    report, predictions, data = evaluate(run, settings)
     records = [{"split": split, "id": row_id, "prediction": prediction}
                for split, values in predictions.items() for row_id, prediction in zip(data[split]["id"], values)]
     io.write_text_atomic(run.predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     io.write_json_atomic(run.metrics_path, report)
-    print(f"{run.slug}: {report['scores']}")
-    return 0
+    return report["scores"]
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(stage_main(sys.argv[1:], "evaluate", evaluate_and_save))

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from unipeft_bench import io
 from unipeft_bench.errors import DataError
-from unipeft_bench.models import offline_environment
-from unipeft_bench.runs import Run, load_base_model, resolve
+from unipeft_bench.runs import Run, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.training import compute_metrics_for, peak_memory_mb, resume_point, training_arguments
 
@@ -89,20 +88,5 @@ def _best_step(state) -> int | None:
     return int(state.best_model_checkpoint.rsplit("-", 1)[-1])
 
 
-def main(argv: list[str]) -> int:
-    try:
-        params = io.params()
-        run = resolve(params, argv)
-        if run.profile == "offline":
-            offline_environment()
-        settings = dict(io.need(params, f"train.{run.profile}.{run.task}"))
-        report = train(run, settings)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{run.slug}: {report}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(stage_main(sys.argv[1:], "train", train))

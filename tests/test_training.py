@@ -41,6 +41,8 @@ def test_the_experiment_reads_the_top_level_keys():
     ({"budget": {"attn_bn": 4, "rank": 2}}, ["experiment"], "budget: unknown key 'rank'"),
     ({"grid": {"runs": {"odd": {"size": 3}}}}, ["sentiment", "odd", "1"], "grid.runs.odd: expected a mapping"),
     ({}, ["sentiment"], "usage"),
+    ({"method": "nope"}, ["experiment"], "params.yaml method: unknown preset 'nope'"),
+    ({"grid": {"runs": {"x": {"method": "lora2"}}}}, ["sentiment", "x", "1"], "grid.runs.x.method: unknown preset"),
 ])
 def test_bad_run_definitions_fail_in_one_line(change, argv, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(")) as err:
@@ -73,6 +75,15 @@ def test_resume_only_from_a_checkpoint_of_the_same_configuration(tmp_path):
     (directory / "checkpoint-4" / "trainer_state.json").write_text("{}")
     assert resume_point(directory, "aaa") == str(directory / "checkpoint-4")
     assert resume_point(directory, "bbb") is None and not (directory / "checkpoint-4").exists()
+
+
+def test_the_stage_command_reports_a_bad_run_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from unipeft_bench.runs import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "method": "nope"}))
+    assert stage_main(["experiment"], "train", lambda run, settings: pytest.fail("must not run")) == 1
+    assert capsys.readouterr().err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_fingerprint_changes_with_the_run_and_the_settings():

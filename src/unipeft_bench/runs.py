@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import io
 from .errors import DataError
+from .models import offline_environment
 from .tasks import task as get_task
 
 BUDGET_KEYS = ("attn_bn", "ffn_bn", "scale")
@@ -87,12 +89,22 @@ def grid_budget(spec: dict, profile: str, task_kind: str, where: str) -> dict:
     return _budget(per_profile, f"{where}.{profile}")
 
 
+def _preset(name, key: str) -> str:
+    import unipeft
+
+    try:
+        unipeft.preset(name)
+    except unipeft.ConfigError as err:  # caught here, before any output or model is touched
+        raise DataError(f"params.yaml {key}: {str(err).removeprefix('method: ')}") from None
+    return name
+
+
 def resolve(params: dict, argv: list[str]) -> Run:
     """The run named on a stage's command line: `experiment`, or `<task> <run> <seed>` of the grid."""
     profile = io.need(params, "profile")
     if argv == [EXPERIMENT]:
         task = get_task(io.need(params, "task"))
-        return Run(task.name, EXPERIMENT, io.need(params, "method"), _budget(io.need(params, "budget"), "budget"),
+        return Run(task.name, EXPERIMENT, _preset(io.need(params, "method"), "method"), _budget(io.need(params, "budget"), "budget"),
                    int(io.need(params, "seed")), model_name(params, profile, task.name, io.need(params, "model")),
                    profile)
     if len(argv) != 3:
@@ -101,8 +113,24 @@ def resolve(params: dict, argv: list[str]) -> Run:
     spec = io.need(params, f"grid.runs.{name}")
     if not isinstance(spec, dict) or "method" not in spec:
         raise DataError(f"params.yaml grid.runs.{name}: expected a mapping with a 'method'")
-    return Run(task.name, name, spec["method"], grid_budget(spec, profile, task.kind, f"grid.runs.{name}"),
+    return Run(task.name, name, _preset(spec["method"], f"grid.runs.{name}.method"), grid_budget(spec, profile, task.kind, f"grid.runs.{name}"),
                int(seed), model_name(params, profile, task.name), profile)
+
+
+def stage_main(argv: list[str], section: str, work) -> int:
+    """The command line of the train and evaluate stages: the run `argv` names, its settings from params.yaml
+    <section>.<profile>.<task>, then `work(run, settings)`; a DataError is one line on stderr and exit status 1."""
+    try:
+        params = io.params()
+        run = resolve(params, argv)
+        if run.profile == "offline":
+            offline_environment()
+        summary = work(run, dict(io.need(params, f"{section}.{run.profile}.{run.task}")))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{run.slug}: {summary}")
+    return 0
 
 
 def load_base_model(run: Run, tokenizer, settings: dict):
