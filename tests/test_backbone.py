@@ -35,7 +35,7 @@ def test_backbone_stage_trains_and_saves(tmp_path, monkeypatch):
             "translation": {"validation_books": ["Ruth"], "test_books": ["Acts"]}}
     for task in ("summarization", "translation"):
         prepare(task, {"profile": "offline", "data": data}, tmp_path)
-    params = {"backbone": {**P, "encoder": "minilm", "tasks": ["summarization", "translation"], "texts": 16,
+    params = {"profile": "offline", "backbone": {**P, "encoder": "minilm", "tasks": ["summarization", "translation"], "texts": 16,
                            "eval_texts": 4, "max_length": 16, "mask_ratio": 0.3, "poisson_lambda": 3.0, "steps": 2,
                            "batch_size": 4, "learning_rate": 1e-4, "learning_rate_new": 1e-3, "warmup_steps": 0,
                            "log_every": 1, "eval_every": 2, "seed": 0}}
@@ -46,3 +46,10 @@ def test_backbone_stage_trains_and_saves(tmp_path, monkeypatch):
     curve = (tmp_path / "metrics" / "backbone" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert curve[0].split("\t") == ["step", "loss"] and len(curve) >= 2
     assert not [p for p in os.listdir(tmp_path / "models") if p.startswith(".")]
+
+
+def test_backbone_is_not_built_in_the_real_profile(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"profile": "real"}))
+    monkeypatch.chdir(tmp_path)
+    assert backbone_main() == 0
+    assert sorted(p.name for p in (tmp_path / "models" / "backbone").iterdir()) == ["UNUSED.md"]
