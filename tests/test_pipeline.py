@@ -32,8 +32,10 @@ def tiny_params() -> dict:
             options.update(limit={"train": 24, "validation": 8, "test": 6})
     for settings in params["train"]["offline"].values():
         settings.update(steps=2, batch_size=4, eval_batch_size=4, eval_every=1, eval_examples=4, log_every=1)
-    params["grid"].update(seeds=[7], runs={name: params["grid"]["runs"][name] for name in ("full", "mam-small")})
-    params["evaluate"]["offline"]["summarization"]["generation"].update(num_beams=2, max_length=8)
+    params["grid"].update(generation=["summarization", "translation"], classification=["nli", "sentiment"],  # all four
+                          seeds=[7], runs={name: params["grid"]["runs"][name] for name in ("full", "mam-small")})
+    for task in ("summarization", "translation"):
+        params["evaluate"]["offline"][task]["generation"].update(num_beams=2, max_length=8)
     return params
 
 
@@ -78,10 +80,13 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
     assert set(run["scores"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert 0 < run["params"]["paper"] < run["params"]["base_params"]  # a budget, not the whole model
     assert (repo / "runs/summarization/mam-small-seed7/adapter_model.safetensors").is_file()
+    translation = json.loads((repo / "metrics/translation/mam-small-seed7.json").read_text())
+    assert translation["scores"]["bleu_signature"].startswith("nrefs:1") and translation["scores"]["bleu_paper"] is None
+    assert 0 <= json.loads((repo / "metrics/nli/full-seed7.json").read_text())["scores"]["accuracy"] <= 100
     full = json.loads((repo / "metrics/sentiment/full-seed7.json").read_text())
     assert 0 <= full["scores"]["accuracy"] <= 100 and full["params"]["trainable"] > full["params"]["base_params"]
     table = (repo / "results/tables/generation.md").read_text()
-    assert "MAM (l=5, r=16, s=4)" in table and "Full fine-tuning" in table
+    assert "MAM (l=5, r=16, s=4)" in table and "Full fine-tuning" in table and "translation BLEU" in table
     assert (repo / "results/plots/sentiment.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((repo / "experiment/metrics.json").read_text())["method"] == "mam"
 
