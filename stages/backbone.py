@@ -86,19 +86,24 @@ def main() -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    import torch
     from dvclive import Live
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.integrations import DVCLiveCallback
 
     set_seed(p["seed"])
     model, tokenizer = build(p, encoder)
+    for module in model.modules():  # for this training only: the saved config keeps MiniLM's dropout
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p["dropout"]
     collator = InfillingCollator(tokenizer, p["max_length"], p["seed"], p["mask_ratio"], p["poisson_lambda"])
     with tempfile.TemporaryDirectory() as scratch, Live("metrics/backbone", dvcyaml=None, save_dvc_exp=False) as live:
         args = TrainingArguments(
             output_dir=scratch, max_steps=p["steps"], per_device_train_batch_size=p["batch_size"],
             per_device_eval_batch_size=p["batch_size"], max_grad_norm=1.0, logging_steps=p["log_every"],
             eval_strategy="steps", eval_steps=p["eval_every"], save_strategy="no", report_to="none",
-            seed=p["seed"], remove_unused_columns=False, dataloader_num_workers=0)
+            seed=p["seed"], remove_unused_columns=False, dataloader_num_workers=0,
+            bf16=p["bf16"], use_cpu=p["bf16"] and not torch.cuda.is_available())  # Trainer's condition for CPU bf16
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                           data_collator=collator, callbacks=[DVCLiveCallback(live=live)],
                           optimizers=optimizer_and_schedule(model, p))

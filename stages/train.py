@@ -73,6 +73,7 @@ def train(run: Run, settings: dict) -> dict:
     report = {"steps": state.global_step, "seconds": round(seconds, 1), "best_step": _best_step(state),
               "best_metric": {"name": args.metric_for_best_model, "value": state.best_metric},
               "peak_memory_mb": peak_memory_mb(), "device": str(args.device),
+              "precision": "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32",
               "learning_rate": args.learning_rate, "train_examples": len(data["train"])}
     if trainer.is_world_process_zero():
         with io.atomic_directory(run.adapter_dir) as staging:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -35,14 +36,16 @@ def test_backbone_stage_trains_and_saves(tmp_path, monkeypatch):
             "translation": {"validation_books": ["Ruth"], "test_books": ["Acts"]}}
     for task in ("summarization", "translation"):
         prepare(task, {"profile": "offline", "data": data}, tmp_path)
-    params = {"profile": "offline", "backbone": {**P, "encoder": "minilm", "tasks": ["summarization", "translation"], "texts": 16,
-                           "eval_texts": 4, "max_length": 16, "mask_ratio": 0.3, "poisson_lambda": 3.0, "steps": 2,
-                           "batch_size": 4, "learning_rate": 1e-4, "learning_rate_new": 1e-3, "warmup_steps": 0,
-                           "log_every": 1, "eval_every": 2, "seed": 0}}
+    params = {"profile": "offline", "backbone": {
+        **P, "encoder": "minilm", "tasks": ["summarization", "translation"], "texts": 16, "eval_texts": 4,
+        "max_length": 16, "mask_ratio": 0.3, "poisson_lambda": 3.0, "steps": 2, "batch_size": 4, "learning_rate": 1e-4,
+        "learning_rate_new": 1e-3, "warmup_steps": 0, "bf16": True, "dropout": 0.0, "log_every": 1, "eval_every": 2,
+        "seed": 0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     assert backbone_main() == 0
-    assert (tmp_path / "models" / "backbone" / "config.json").is_file()
+    config = json.loads((tmp_path / "models" / "backbone" / "config.json").read_text())
+    assert config["encoder"]["hidden_dropout_prob"] == 0.1  # trained without dropout, saved with MiniLM's
     curve = (tmp_path / "metrics" / "backbone" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert curve[0].split("\t") == ["step", "loss"] and len(curve) >= 2
     assert not [p for p in os.listdir(tmp_path / "models") if p.startswith(".")]

@@ -77,6 +77,33 @@ def test_resume_only_from_a_checkpoint_of_the_same_configuration(tmp_path):
     assert resume_point(directory, "bbb") is None and not (directory / "checkpoint-4").exists()
 
 
+def test_only_the_main_process_clears_or_marks_the_checkpoints(tmp_path, monkeypatch):
+    directory = tmp_path / "checkpoints"
+    monkeypatch.setenv("RANK", "1")
+    assert resume_point(directory, "aaa") is None and not directory.exists()
+    monkeypatch.setenv("RANK", "0")
+    resume_point(directory, "aaa")
+    (directory / "checkpoint-4").mkdir()
+    (directory / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    monkeypatch.setenv("RANK", "1")
+    assert resume_point(directory, "aaa") == str(directory / "checkpoint-4")
+    assert resume_point(directory, "bbb") is None and (directory / "checkpoint-4").is_dir()
+
+
+def test_config_overrides_reach_the_encoder_and_decoder_and_unknown_keys_are_named():
+    from transformers import BertConfig, EncoderDecoderConfig
+
+    from unipeft_bench.runs import configured
+
+    tiny = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    config = configured(EncoderDecoderConfig.from_encoder_decoder_configs(tiny, tiny),
+                        {"hidden_dropout_prob": 0.0}, "train.offline.summarization.model_config")
+    assert config.encoder.hidden_dropout_prob == config.decoder.hidden_dropout_prob == 0.0
+    assert configured(tiny, {"hidden_dropout_prob": 0.2}, "x").hidden_dropout_prob == 0.2
+    with pytest.raises(DataError, match=r"^params.yaml train.offline.sentiment.model_config.dropuot: not a setting"):
+        configured(tiny, {"dropuot": 0.0}, "train.offline.sentiment.model_config")
+
+
 def test_the_stage_command_reports_a_bad_run_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     from unipeft_bench.runs import stage_main
 

@@ -34,7 +34,7 @@ def bleu(predictions: list[str], references: list[str]) -> dict[str, float | str
 
     result = sacrebleu.metrics.BLEU()
     score = result.corpus_score(predictions, [references])
-    return {"bleu": round(score.score, 2), "signature": str(result.get_signature())}
+    return {"bleu": round(score.score, 2), "bleu_signature": str(result.get_signature())}
 
 
 def lead_sentence(document: str) -> str:

@@ -104,17 +104,18 @@ def resolve(params: dict, argv: list[str]) -> Run:
     profile = io.need(params, "profile")
     if argv == [EXPERIMENT]:
         task = get_task(io.need(params, "task"))
-        return Run(task.name, EXPERIMENT, _preset(io.need(params, "method"), "method"), _budget(io.need(params, "budget"), "budget"),
-                   int(io.need(params, "seed")), model_name(params, profile, task.name, io.need(params, "model")),
-                   profile)
+        return Run(task.name, EXPERIMENT, _preset(io.need(params, "method"), "method"),
+                   _budget(io.need(params, "budget"), "budget"), int(io.need(params, "seed")),
+                   model_name(params, profile, task.name, io.need(params, "model")), profile)
     if len(argv) != 3:
         raise DataError("usage: <stage>.py experiment | <stage>.py <task> <run> <seed>")
     task, name, seed = get_task(argv[0]), argv[1], argv[2]
     spec = io.need(params, f"grid.runs.{name}")
     if not isinstance(spec, dict) or "method" not in spec:
         raise DataError(f"params.yaml grid.runs.{name}: expected a mapping with a 'method'")
-    return Run(task.name, name, _preset(spec["method"], f"grid.runs.{name}.method"), grid_budget(spec, profile, task.kind, f"grid.runs.{name}"),
-               int(seed), model_name(params, profile, task.name), profile)
+    return Run(task.name, name, _preset(spec["method"], f"grid.runs.{name}.method"),
+               grid_budget(spec, profile, task.kind, f"grid.runs.{name}"), int(seed),
+               model_name(params, profile, task.name), profile)
 
 
 def stage_main(argv: list[str], section: str, work) -> int:
@@ -133,6 +134,19 @@ def stage_main(argv: list[str], section: str, work) -> int:
     return 0
 
 
+def configured(config, overrides: dict, where: str):
+    """`config` with `overrides` set wherever the key exists: on the model's config and on the encoder's and
+    decoder's of an EncoderDecoderModel, whose own top-level config has no dropout to set."""
+    configs = [c for c in (config, getattr(config, "encoder", None), getattr(config, "decoder", None)) if c is not None]
+    for key, value in overrides.items():
+        owners = [c for c in configs if hasattr(c, key)]
+        if not owners:
+            raise DataError(f"params.yaml {where}.{key}: not a setting of {type(config).__name__}")
+        for owner in owners:
+            setattr(owner, key, value)
+    return config
+
+
 def load_base_model(run: Run, tokenizer, settings: dict):
     """The pretrained model for the run's task, with a fresh classification head where the task needs one."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
@@ -141,7 +155,8 @@ def load_base_model(run: Run, tokenizer, settings: dict):
 
     task = get_task(run.task)
     name = resolve_model(run.model)
-    config = AutoConfig.from_pretrained(name, **settings.get("model_config", {}))
+    config = configured(AutoConfig.from_pretrained(name), settings.get("model_config") or {},
+                        f"train.{run.profile}.{run.task}.model_config")
     if task.kind == "classification":
         config.num_labels = task.num_labels
         return AutoModelForSequenceClassification.from_pretrained(name, config=config)

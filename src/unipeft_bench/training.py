@@ -4,6 +4,7 @@ validation metrics for checkpoint selection, resuming an interrupted run, peak m
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 from pathlib import Path
@@ -43,13 +44,17 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
         weight_decay=settings["weight_decay"], max_grad_norm=settings["max_grad_norm"],
         adam_beta2=settings.get("adam_beta2", 0.999), adam_epsilon=settings.get("adam_epsilon", 1e-8),
         label_smoothing_factor=settings.get("label_smoothing", 0.0), fp16=settings.get("fp16", False),
+        bf16=settings.get("bf16", False),
+        use_cpu=settings.get("bf16", False) and not torch.cuda.is_available(),  # Trainer's condition for CPU bf16
         eval_strategy="epoch" if by_epoch else "steps", save_strategy="epoch" if by_epoch else "steps",
         eval_steps=None if by_epoch else settings["eval_every"], save_steps=None if by_epoch else settings["eval_every"],
         logging_steps=settings.get("log_every", 10), save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model=select, greater_is_better=SELECTIONS[select],
         predict_with_generate=seq2seq and select != "loss", generation_num_beams=generation.get("num_beams"),
         generation_max_length=generation.get("max_length"),
-        train_sampling_strategy="group_by_length" if settings.get("group_by_length") else "random", report_to="none", dataloader_pin_memory=torch.cuda.is_available(), dataloader_num_workers=settings.get("dataloader_workers", 0))
+        train_sampling_strategy="group_by_length" if settings.get("group_by_length") else "random",
+        report_to="none", dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_num_workers=settings.get("dataloader_workers", 0))
 
 
 def compute_metrics_for(metric: str, tokenizer):
@@ -73,7 +78,8 @@ def compute_metrics_for(metric: str, tokenizer):
 
 
 def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
-    """The last checkpoint of an interrupted run of the same configuration; anything else there is cleared."""
+    """The last checkpoint of an interrupted run of the same configuration; anything else there is cleared.
+    Under torchrun / accelerate every process asks, and only the main one (RANK 0) clears and marks."""
     from transformers.trainer_utils import get_last_checkpoint
 
     marker = checkpoint_dir / "run.json"
@@ -83,10 +89,16 @@ def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
         if last:
             print(f"resuming from {last}")
             return last
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True)
-    marker.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        if main_process():
+            shutil.rmtree(checkpoint_dir)
+    if main_process():
+        checkpoint_dir.mkdir(parents=True)
+        marker.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     return None
+
+
+def main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def peak_memory_mb() -> float:

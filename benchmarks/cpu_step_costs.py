@@ -1,0 +1,136 @@
+"""What a training step and an evaluation batch cost on this CPU, side by side in one run, under the choices
+the offline profile makes: bf16 autocast, dropout off, word embeddings frozen in the backbone pretraining.
+
+    python benchmarks/cpu_step_costs.py [--repeats 5]
+
+Needs models/backbone (dvc repro backbone). Prints seconds per step and each variant's ratio to fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+import unipeft
+from unipeft_bench.models import resolve
+
+
+def timed(step, repeats: int) -> float:
+    step()  # warm-up: first-shape allocations
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def precision(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def no_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def train_step(model, batch: dict, bf16: bool):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def step():
+        with precision(bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return step
+
+
+def seq2seq_batch(batch_size: int, source: int, target: int) -> dict:
+    return {"input_ids": torch.randint(1000, 20000, (batch_size, source)),
+            "labels": torch.randint(1000, 20000, (batch_size, target))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    repeats = parser.parse_args().repeats
+    torch.manual_seed(0)
+    rows = []
+
+    def measure(name: str, build, make_step) -> None:
+        base = None
+        for variant, bf16, dropout in (("fp32", False, True), ("bf16", True, True), ("fp32, no dropout", False, False),
+                                       ("bf16, no dropout", True, False)):
+            model = build()
+            if not dropout:
+                no_dropout(model)
+            seconds = timed(make_step(model, bf16), repeats)
+            base = base or seconds
+            rows.append((name, variant, seconds, base / seconds))
+
+    def backbone(freeze_embeddings: bool):
+        def build():
+            model = AutoModelForSeq2SeqLM.from_pretrained("models/backbone")
+            if freeze_embeddings:
+                for p in model.get_input_embeddings().parameters():
+                    p.requires_grad_(False)
+                model.encoder.get_input_embeddings().weight.requires_grad_(False)
+            return model
+        return build
+
+    backbone_batch = seq2seq_batch(16, 32, 32)
+    measure("backbone pretraining step (bs 16, 32+32 tokens)", backbone(False),
+            lambda m, bf16: train_step(m, backbone_batch, bf16))
+    measure("  same, word embeddings frozen", backbone(True), lambda m, bf16: train_step(m, backbone_batch, bf16))
+
+    def peft(load, method, **budget):
+        def build():
+            model = load()
+            unipeft.attach(model, method, **budget)
+            return model
+        return build
+
+    summarization = seq2seq_batch(16, 40, 24)
+    measure("summarization LoRA r=4 step (bs 16, 40+24)", peft(lambda: AutoModelForSeq2SeqLM.from_pretrained(
+        "models/backbone"), "lora", attn_bn=4), lambda m, bf16: train_step(m, summarization, bf16))
+    classifier = lambda: AutoModelForSequenceClassification.from_pretrained(resolve("minilm"), num_labels=2)  # noqa
+    sentiment = {"input_ids": torch.randint(1000, 20000, (16, 48)), "labels": torch.randint(0, 2, (16,))}
+    measure("sentiment LoRA r=4 step (bs 16, 48 tokens)", peft(classifier, "lora", attn_bn=4),
+            lambda m, bf16: train_step(m, sentiment, bf16))
+
+    def classify(model, bf16):
+        model.eval()
+        inputs = torch.randint(1000, 20000, (128, 48))
+        return lambda: torch.no_grad()(lambda: model(input_ids=inputs))() if not bf16 else _bf16(model, inputs)
+
+    def _bf16(model, inputs):
+        with torch.no_grad(), precision(True):
+            return model(input_ids=inputs)
+    measure("sentiment evaluation batch (128 × 48 tokens)", classifier, classify)
+
+    def beam_search(model, bf16):
+        model.eval()
+        inputs = torch.randint(1000, 20000, (50, 40))
+
+        def step():
+            with torch.no_grad(), precision(bf16):
+                model.generate(input_ids=inputs, num_beams=6, min_length=24, max_length=24, no_repeat_ngram_size=3)
+        return step
+    measure("summarization beam search (50 × 40 tokens, beam 6, 24 out)",
+            lambda: AutoModelForSeq2SeqLM.from_pretrained("models/backbone"), beam_search)
+
+    width = max(len(r[0]) for r in rows)
+    for name, variant, seconds, ratio in rows:
+        print(f"{name:<{width}}  {variant:<17} {seconds:7.3f} s   ×{ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
