@@ -45,7 +45,7 @@ def main() -> None:
         method, budget = parse_run(text)
         for rate in args.rates:
             settings = {**base, "steps": args.steps, "eval_every": args.steps // 2, "learning_rate": rate,
-                        "learning_rate_by_method": {}}
+                        "learning_rate_by_method": {}, "learning_rate_by_run": {}}
             run = Run(args.task, f"sweep-{method}", method, budget, params["seed"],
                       model_name(params, profile, args.task), profile)
             report = train(run, settings)

@@ -60,7 +60,10 @@ def test_training_arguments_follow_the_task_settings(tmp_path):
     xsum = training_arguments(PARAMS["train"]["real"]["summarization"], Run("summarization", "x", "mam"), True, 10)
     assert xsum.predict_with_generate and xsum.generation_num_beams == 6 and xsum.max_grad_norm == 0.1
     assert (xsum.learning_rate, xsum.per_device_train_batch_size * xsum.gradient_accumulation_steps) == (5e-5, 64)
-    assert learning_rate(PARAMS["train"]["real"]["summarization"], "full") == 3e-5
+    assert learning_rate(PARAMS["train"]["real"]["summarization"], Run("summarization", "full", "full")) == 3e-5
+    rates = {"learning_rate": 1.0, "learning_rate_by_method": {"pa": 2.0}, "learning_rate_by_run": {"pa-large": 3.0}}
+    assert [learning_rate(rates, Run("sentiment", name, method)) for name, method in
+            (("lora-small", "lora"), ("pa-small", "pa"), ("pa-large", "pa"), ("experiment", "pa"))] == [1, 2, 3, 2]
     mt = training_arguments(PARAMS["train"]["real"]["translation"], Run("translation", "x", "mam"), True, 10)
     assert not mt.predict_with_generate and mt.metric_for_best_model == "loss" and not mt.greater_is_better
     with pytest.raises(DataError, match="select: unknown 'bleu4'"):

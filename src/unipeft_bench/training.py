@@ -17,8 +17,10 @@ from .errors import DataError
 SELECTIONS = {"rouge2": True, "bleu": True, "accuracy": True, "loss": False}  # name → greater is better
 
 
-def learning_rate(settings: dict, method: str) -> float:
-    return float((settings.get("learning_rate_by_method") or {}).get(method, settings["learning_rate"]))
+def learning_rate(settings: dict, run) -> float:
+    """The run's own rate (learning_rate_by_run, by grid run name), else its method's, else the task's."""
+    by_run, by_method = settings.get("learning_rate_by_run") or {}, settings.get("learning_rate_by_method") or {}
+    return float(by_run.get(run.name, by_method.get(run.method, settings["learning_rate"])))
 
 
 def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
@@ -36,7 +38,7 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
     generation = settings.get("validation_generation", {}) if seq2seq else {}
     return Seq2SeqTrainingArguments(
         output_dir=str(run.checkpoint_dir), seed=run.seed, data_seed=run.seed,
-        learning_rate=learning_rate(settings, run.method), lr_scheduler_type="linear",
+        learning_rate=learning_rate(settings, run), lr_scheduler_type="linear",
         warmup_steps=int(round(warmup * total_steps)) if warmup < 1 else int(warmup),
         per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=settings["eval_batch_size"],
         gradient_accumulation_steps=settings.get("gradient_accumulation", 1),
