@@ -22,7 +22,7 @@ from pathlib import Path
 from unipeft_bench import io, metrics
 from unipeft_bench.errors import DataError
 from unipeft_bench.generation import generate
-from unipeft_bench.runs import Run, load_base_model, stage_main
+from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 
 PACKAGES = ("torch", "transformers", "datasets", "unipeft", "sacrebleu", "rouge-score", "dvc")
@@ -50,11 +50,15 @@ def classify(model, dataset, tokenizer, batch_size: int) -> list[int]:
     collate = DataCollatorWithPadding(tokenizer)
     rows = list(dataset.select_columns([c for c in ("input_ids", "attention_mask", "token_type_ids")
                                         if c in dataset.column_names]))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # batches of like lengths pad less
     model.eval()
-    predicted = []
+    predicted = [0] * len(rows)
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            predicted += model(**collate(rows[start:start + batch_size]).to(model.device)).logits.argmax(-1).tolist()
+            batch = order[start:start + batch_size]
+            logits = model(**collate([rows[i] for i in batch]).to(model.device)).logits
+            for i, label in zip(batch, logits.argmax(-1).tolist()):
+                predicted[i] = label
     return predicted
 
 
@@ -115,4 +119,4 @@ def evaluate_and_save(run: Run, settings: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(stage_main(sys.argv[1:], "evaluate", evaluate_and_save))
+    exit_now(stage_main(sys.argv[1:], "evaluate", evaluate_and_save))

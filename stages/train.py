@@ -20,7 +20,7 @@ from pathlib import Path
 
 from unipeft_bench import io
 from unipeft_bench.errors import DataError
-from unipeft_bench.runs import Run, load_base_model, stage_main
+from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.training import compute_metrics_for, peak_memory_mb, resume_point, training_arguments
 
@@ -90,4 +90,4 @@ def _best_step(state) -> int | None:
 
 
 if __name__ == "__main__":
-    sys.exit(stage_main(sys.argv[1:], "train", train))
+    exit_now(stage_main(sys.argv[1:], "train", train))

@@ -28,3 +28,22 @@ def test_translation_adds_the_papers_bleu_only_for_romanian(language, paper):
 def test_versions_name_the_packages_that_made_a_result():
     found = versions()
     assert {"python", "torch", "transformers", "unipeft"} <= set(found) and all(found.values())
+
+
+def test_classify_batches_by_length_and_returns_predictions_in_dataset_order():
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from evaluate import classify
+    from unipeft_bench.models import resolve
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm"))
+    model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_labels=3,
+                                                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                                                     initializer_range=1.0)).eval()
+    texts = ["a long sentence with many words in it", "short", "a middling one here", "x y", "one two three four"]
+    dataset = Dataset.from_dict(dict(tokenizer(texts)))
+    alone = [model(input_ids=torch.tensor([ids])).logits.argmax(-1).item() for ids in dataset["input_ids"]]
+    assert classify(model, dataset, tokenizer, batch_size=2) == alone and len(set(alone)) > 1

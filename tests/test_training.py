@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from unipeft_bench.errors import DataError
@@ -64,6 +65,9 @@ def test_training_arguments_follow_the_task_settings(tmp_path):
     rates = {"learning_rate": 1.0, "learning_rate_by_method": {"pa": 2.0}, "learning_rate_by_run": {"pa-large": 3.0}}
     assert [learning_rate(rates, Run("sentiment", name, method)) for name, method in
             (("lora-small", "lora"), ("pa-small", "pa"), ("pa-large", "pa"), ("experiment", "pa"))] == [1, 2, 3, 2]
+    offline = training_arguments(PARAMS["train"]["offline"]["sentiment"], Run("sentiment", "pa-large", "pa"), False, 10)
+    assert offline.bf16 and offline.use_cpu == (not torch.cuda.is_available())  # CPU bf16 needs use_cpu
+    assert offline.learning_rate == PARAMS["train"]["offline"]["sentiment"]["learning_rate_by_run"]["pa-large"]
     mt = training_arguments(PARAMS["train"]["real"]["translation"], Run("translation", "x", "mam"), True, 10)
     assert not mt.predict_with_generate and mt.metric_for_best_model == "loss" and not mt.greater_is_better
     with pytest.raises(DataError, match="select: unknown 'bleu4'"):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from . import io
 from .errors import DataError
@@ -145,6 +147,14 @@ def configured(config, overrides: dict, where: str):
         for owner in owners:
             setattr(owner, key, value)
     return config
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a train or evaluate process, its outputs written, without the interpreter's teardown: unloading
+    torch and transformers takes 1.5 s (measured), which each of the grid's 74 such stages would pay."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def load_base_model(run: Run, tokenizer, settings: dict):
