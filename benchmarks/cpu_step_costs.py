@@ -109,11 +109,11 @@ def main() -> None:
     def classify(model, bf16):
         model.eval()
         inputs = torch.randint(1000, 20000, (128, 48))
-        return lambda: torch.no_grad()(lambda: model(input_ids=inputs))() if not bf16 else _bf16(model, inputs)
 
-    def _bf16(model, inputs):
-        with torch.no_grad(), precision(True):
-            return model(input_ids=inputs)
+        def step():
+            with torch.no_grad(), precision(bf16):
+                model(input_ids=inputs)
+        return step
     measure("sentiment evaluation batch (128 × 48 tokens)", classifier, classify)
 
     def beam_search(model, bf16):
