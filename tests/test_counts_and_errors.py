@@ -14,6 +14,7 @@ import unipeft
 from unipeft.models import build_without_weights
 
 from conftest import D, LAYERS, build
+from test_methods import sized
 
 # The paper's own figures (Appendix B, Tables 2, 5, 6, 12), on the shipped configs, built without weights.
 PAPER_FIGURES = [
@@ -72,7 +73,7 @@ def _formula(method, attn, ffn, n_attn, n_ffn):
 @pytest.mark.parametrize("arch,n_attn,n_ffn", [("bart", 3, 2), ("mbart", 3, 2), ("roberta", 1, 1), ("bert", 1, 1),
                                                ("bert2bert", 3, 2), ("t5", 3, 2)])
 def test_counts_follow_appendix_b(method, arch, n_attn, n_ffn):
-    counts = unipeft.attach(build(arch), method, attn_bn=4, ffn_bn=8).counts()
+    counts = unipeft.attach(build(arch), method, **sized(method)).counts()
     assert counts.paper == _formula(method, None, None, n_attn, n_ffn)
 
 

@@ -16,14 +16,19 @@ from conftest import BUILDERS, SEQ2SEQ, batch, build, logits
 BUDGET = {"attn_bn": 4, "ffn_bn": 8}  # small sizes keep every case fast; counts are checked on real configs too
 CASES = [(method, arch) for method in unipeft.preset_names() for arch in BUILDERS
          if (method, arch) != ("bitfit", "t5")]  # T5 has no biases: see test_bitfit_on_a_model_without_biases
-# Methods whose Δh is zero at initialisation (LoRA init: W_up = 0), so the model's output must not change.
-ZERO_INIT = ("lora", "lora_ffn", "scaled_pa", "scaled_pa_learned")
+# Methods whose Δh is zero at initialisation (LoRA init: W_up = 0, or P_v = 0), so the model's output must not change.
+ZERO_INIT = ("lora", "lora_ffn", "scaled_pa", "scaled_pa_learned", "mh_pa_lora_init")
 MERGEABLE = ("lora", "lora_ffn", "prefix_lora_ffn")
+
+
+def sized(method, **budget):
+    """BUDGET, or `budget`, restricted to the keys the method uses (the library refuses the others)."""
+    return unipeft.preset(method).applicable_budget({**BUDGET, **budget})
 
 
 def attach(method, arch, **kwargs):
     model = build(arch)
-    return model, unipeft.attach(model, method, **{**BUDGET, **kwargs})
+    return model, unipeft.attach(model, method, **sized(method, **kwargs))
 
 
 def perturb(attachment, seed=3, own_only=False):
@@ -66,7 +71,7 @@ def test_save_load_round_trip_reproduces_outputs(method, arch, tmp_path):
 def test_detach_restores_the_base_model(method, arch):
     model = build(arch)
     expected = logits(model, batch(arch))
-    attachment = unipeft.attach(model, method, **BUDGET)
+    attachment = unipeft.attach(model, method, **sized(method))
     perturb(attachment, own_only=True)
     if attachment.container:  # full and bitfit own no modules: their change is the base weights themselves
         attachment.detach()
@@ -104,7 +109,7 @@ def test_beam_search_with_cache_equals_without(method, arch):
 def test_zero_initialised_methods_leave_outputs_unchanged(method, arch):
     model = build(arch)
     expected = logits(model, batch(arch))
-    unipeft.attach(model, method, **BUDGET)
+    unipeft.attach(model, method, **sized(method))
     torch.testing.assert_close(logits(model, batch(arch)), expected)
 
 

@@ -35,6 +35,14 @@ class ArchitectureMap:
     word_embeddings: str  # relative to `encoder`
     decoder: str | None  # the module that takes encoder_attention_mask (prompt tuning extends it)
     pre_layer_norm: bool
+    # Post-LN models: the layer's output LayerNorm after the FFN, LN(x + FFN(x)), that a Pfeiffer adapter reuses.
+    output_norm: str | None = None
+    # Encoder-decoder models: where prompt tuning's vectors join the input with no position of their own, as the
+    # official code does (relative to `encoder`): the positional embedding module, and the module whose input is
+    # token + position embeddings. None on both: the vectors are prepended to the embeddings (T5 has no absolute
+    # positions).
+    prompt_positions: str | None = None
+    prompt_norm: str | None = None
 
 
 _BART_ATTENTION = {
@@ -52,21 +60,25 @@ BART = ArchitectureMap(
     self_attention=_BART_ATTENTION["self_attn"], cross_attention=_BART_ATTENTION["encoder_attn"],
     fc1="fc1", fc2="fc2", ffn_input="fc1",
     encoder="encoder", word_embeddings="embed_tokens", decoder="decoder", pre_layer_norm=False,
+    output_norm="final_layer_norm", prompt_positions="embed_positions", prompt_norm="layernorm_embedding",
 )
 # mBART is pre-LN: the FFN consumes final_layer_norm(x), and the official code feeds the parallel
 # adapter the un-normalised residual stream x, i.e. the input of final_layer_norm.
-MBART = ArchitectureMap(**{**BART.__dict__, "ffn_input": "final_layer_norm", "pre_layer_norm": True})
+MBART = ArchitectureMap(**{**BART.__dict__, "ffn_input": "final_layer_norm", "pre_layer_norm": True,
+                           "output_norm": None})
 
 BERT = ArchitectureMap(
     stacks={"encoder": "encoder.layer"},
     self_attention=_BERT_ATTENTION["attention"], cross_attention=None,
     fc1="intermediate.dense", fc2="output.dense", ffn_input="intermediate.dense",
     encoder="", word_embeddings="embeddings.word_embeddings", decoder=None, pre_layer_norm=False,
+    output_norm="output.LayerNorm",
 )
 # transformers' EncoderDecoderModel with BERT-family encoder and decoder (the offline seq2seq backbone).
 BERT2BERT = ArchitectureMap(
     **{**BERT.__dict__, "stacks": {"encoder": "encoder.encoder.layer", "decoder": "decoder.bert.encoder.layer"},
-       "cross_attention": _BERT_ATTENTION["crossattention"], "encoder": "encoder", "decoder": "decoder"},
+       "cross_attention": _BERT_ATTENTION["crossattention"], "encoder": "encoder", "decoder": "decoder",
+       "prompt_positions": "embeddings.position_embeddings", "prompt_norm": "embeddings.LayerNorm"},
 )
 
 # T5 is pre-LN like mBART; its FFN is the last entry of each block (index 1 in the encoder, 2 in the decoder).

@@ -11,6 +11,7 @@ import inspect
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import attention
@@ -48,6 +49,21 @@ class Site(nn.Module):
         return h if self.merged else self.compose(h, self.delta(x))
 
 
+class RenormalisedSite(Site):
+    """A sequential Δh on a post-LN layer's output that joins the residual sum before the layer's own output
+    LayerNorm: y = LN(z) is read, LN(z + f(y)) is written (the Pfeiffer adapter of the adapter authors' library
+    and of the official RoBERTa code, `ffn_option=pfeiffer`). The LayerNorm is the frozen one of the layer."""
+
+    def __init__(self, delta: nn.Module, composition: Composition, norm: nn.LayerNorm):
+        super().__init__(delta, composition)
+        self._norm = (norm,)  # a tuple keeps the base model's LayerNorm out of this module's parameters
+
+    def write(self, y: torch.Tensor) -> torch.Tensor:
+        z, self._x = self._x, None  # read() kept the LayerNorm's input z = x + h
+        norm = self._norm[0]
+        return F.layer_norm(self.compose(z, self.delta(y)), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
 def _on_input(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHandle:
     """Calls fn on the hidden states a module reads (first argument or `hidden_states`); a result replaces them."""
     def hook(_, args, kwargs):
@@ -73,7 +89,8 @@ _HOOKS = {"input": _on_input, "output": _on_output}
 def _sublayers(arch: ArchitectureMap, target: str) -> dict[str, str]:
     attn = arch.cross_attention if target == "cross" else arch.self_attention
     return {"core": attn.core, "q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o,
-            "ffn_input": arch.ffn_input, "fc1": arch.fc1, "fc2": arch.fc2, "layer": ""}
+            "ffn_input": arch.ffn_input, "fc1": arch.fc1, "fc2": arch.fc2, "layer": "",
+            "output_norm": arch.output_norm or ""}
 
 
 def _available_targets(arch: ArchitectureMap, mod: Modification) -> tuple[str, ...]:
@@ -89,9 +106,15 @@ def _stack(target: str) -> str:
     return "encoder" if target == "encoder" else "decoder"
 
 
-def _model_dropout(model: nn.Module) -> float:
+# Δh's dropout, as the official code: attention-side modifications use the attention dropout (its Adapter_Layer and
+# MH PA inside the attention take the attention's `self.dropout`), FFN-side ones the hidden dropout.
+_DROPOUT_KEYS = {"attn": ("attention_dropout", "attention_probs_dropout_prob", "dropout_rate"),
+                 "ffn": ("dropout", "hidden_dropout_prob", "dropout_rate")}
+
+
+def _model_dropout(model: nn.Module, side: str) -> float:
     config = model.config.encoder if model.config.model_type == "encoder-decoder" else model.config
-    for name in ("dropout", "hidden_dropout_prob", "dropout_rate"):
+    for name in _DROPOUT_KEYS[side]:
         if getattr(config, name, None) is not None:
             return float(getattr(config, name))
     return 0.0
@@ -110,8 +133,11 @@ def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict:
 
 
 def _insert_after_first(x: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
-    """Prompts go after the first token, so [CLS]/<s> keeps position 0 for classification heads."""
     return torch.cat([x[:, :1], inserted, x[:, 1:]], dim=1)
+
+
+def _prepend(x: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
+    return torch.cat([inserted, x], dim=1)
 
 
 class Attachment:
@@ -127,7 +153,7 @@ class Attachment:
         self.base_params, self.fingerprint = base_parameter_count(model), base_fingerprint(model)
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.prefixed: list[nn.Module] = []
-        self.dropout = _model_dropout(model)
+        self.dropout = {side: _model_dropout(model, side) for side in _DROPOUT_KEYS}
         targets = [self._targets(i, m) for i, m in enumerate(method.modifications)]  # check all before changing any
         trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
@@ -168,7 +194,7 @@ class Attachment:
         names = _sublayers(self.arch, target)
         core = get(layers[0], names["core"])
         d, heads = get(layers[0], names["o"]).out_features, _heads(core)
-        dropout = self.dropout if mod.dropout is None else mod.dropout
+        dropout = self.dropout[mod.budget_side] if mod.dropout is None else mod.dropout
         if mod.position == "head":
             parts["vectors"] = vectors = PrefixVectors(len(layers), d, mod)
             stack_host = get(self.base, self.arch.stacks[_stack(target)].rpartition(".")[0])
@@ -182,15 +208,20 @@ class Attachment:
                 return parts
         sites = nn.ModuleList()
         (read_at, read_side), (write_at, write_side) = READ_WRITE[(mod.position, mod.insertion)]
+        renormalised = mod.position == "layer" and self.arch.output_norm is not None
+        if renormalised:  # Pfeiffer on a post-LN model: LN(x + h + f(LN(x + h))) with the layer's own LN
+            (read_at, read_side), (write_at, write_side) = ("output_norm", "input"), ("output_norm", "output")
         for i, layer in enumerate(layers):
             if mod.position == "head":
-                delta = MultiHeadBottleneck(vectors, i, get(layer, names["q"]), heads, mod, dropout)
+                delta = MultiHeadBottleneck(vectors, i, get(layer, names["q"]), heads, get(layer, names["core"]).scaling,
+                                            mod, dropout)
             elif mod.position in PROJECTIONS:
                 linear = get(layer, names[mod.position])
                 delta = Bottleneck(linear.in_features, linear.out_features, mod, dropout)
             else:
                 delta = Bottleneck(d, d, mod, dropout)
-            site = Site(delta, Composition(mod))
+            site = (RenormalisedSite(delta, Composition(mod), get(layer, names["output_norm"])) if renormalised
+                    else Site(delta, Composition(mod)))
             sites.append(site)
             self.handles.append(_HOOKS[read_side](get(layer, names[read_at]), site.read))
             self.handles.append(_HOOKS[write_side](get(layer, names[write_at]), site.write))
@@ -198,11 +229,22 @@ class Attachment:
         return parts
 
     def _build_prompt(self, mod: Modification) -> nn.ModuleDict:
+        """Classifiers: the l vectors go after the first token, so [CLS]/<s> keeps position 0 for the head, and
+        take positions like tokens. Encoder-decoders: before every token with no position of their own, as the
+        official BART code (`prompt_tuning`: `ef_prefix_emb` joins the input after the positional embeddings are
+        added); mBART's source has no BOS, so "after the first token" would split a word off the sentence."""
         encoder = get(self.base, self.arch.encoder)
         embed = get(encoder, self.arch.word_embeddings)
         prompt = Prompt(embed.embedding_dim, mod)
         length = mod.size
-        max_positions = getattr(getattr(encoder, "config", self.model.config), "max_position_embeddings", None)
+        seq2seq = self.arch.decoder is not None
+        insert = _prepend if seq2seq else _insert_after_first
+        positionless = seq2seq and self.arch.prompt_norm is not None  # else T5: relative positions only
+        max_positions = None if seq2seq else getattr(getattr(encoder, "config", self.model.config),
+                                                     "max_position_embeddings", None)
+
+        def vectors(like: torch.Tensor) -> torch.Tensor:
+            return prompt.vectors.to(like.dtype).expand(like.shape[0], -1, -1)
 
         def before_encoder(module, args, kwargs):
             inputs = _bind(module, args, kwargs)
@@ -214,13 +256,14 @@ class Attachment:
             if max_positions is not None and embeds.shape[1] + length > max_positions:
                 raise ConfigError(f"prompt tuning: {embeds.shape[1]} tokens + {length} prompt vectors exceed the "
                                   f"model's {max_positions} positions; shorten the input or the prompt")
-            inputs["inputs_embeds"] = _insert_after_first(embeds, prompt.vectors.to(embeds.dtype).expand(batch, -1, -1))
+            # Without positions, zeros hold the prompt's place until the positional embeddings have been added.
+            inputs["inputs_embeds"] = insert(embeds, torch.zeros_like(vectors(embeds)) if positionless
+                                             else vectors(embeds))
             inputs["input_ids"] = None
             for name, fill in (("attention_mask", 1), ("token_type_ids", 0)):
                 if inputs.get(name) is not None:
                     x = inputs[name]
-                    inputs[name] = _insert_after_first(x, torch.full((batch, length), fill, dtype=x.dtype,
-                                                                     device=x.device))
+                    inputs[name] = insert(x, torch.full((batch, length), fill, dtype=x.dtype, device=x.device))
             return (), inputs
 
         def before_decoder(module, args, kwargs):
@@ -228,11 +271,20 @@ class Attachment:
             mask, states = inputs.get("encoder_attention_mask"), inputs.get("encoder_hidden_states")
             if mask is None or states is None or mask.shape[-1] + length != states.shape[1]:
                 return None
-            inputs["encoder_attention_mask"] = _insert_after_first(mask, mask.new_ones(mask.shape[0], length))
+            inputs["encoder_attention_mask"] = insert(mask, mask.new_ones(mask.shape[0], length))
             return (), inputs
 
         self.handles.append(encoder.register_forward_pre_hook(before_encoder, with_kwargs=True))
-        if self.arch.decoder is not None:
+        if positionless:
+            positions, norm = get(encoder, self.arch.prompt_positions), get(encoder, self.arch.prompt_norm)
+            # The real tokens get positions 0..T-1 (the first T of the lengthened input), the prompt none ...
+            self.handles.append(positions.register_forward_pre_hook(
+                lambda _, args: (args[0][:, :args[0].shape[1] - length], *args[1:])))
+            self.handles.append(positions.register_forward_hook(
+                lambda _, __, out: _prepend(out, out.new_zeros(out.shape[0], length, out.shape[-1]))))
+            # ... and the vectors replace their placeholders in the sum that the embedding LayerNorm reads.
+            self.handles.append(_on_input(norm, lambda x: torch.cat([vectors(x), x[:, length:]], dim=1)))
+        if seq2seq:
             decoder = get(self.base, self.arch.decoder)
             self.handles.append(decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
         return nn.ModuleDict({"prompt": prompt})

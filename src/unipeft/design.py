@@ -28,6 +28,17 @@ COMPOSITIONS = ("add", "scale", "gate")
 TARGETS = ("encoder", "decoder", "cross")
 """encoder/decoder: the self-attention or FFN sublayers of that stack; cross: decoder cross-attention."""
 UNFREEZE = ("none", "bias", "all")
+INITS = {
+    # adapters and LoRA: N(0, 0.02) weights (the official Adapter_Layer), or LoRA's Kaiming-uniform down, zero up
+    "bottleneck": ("bert", "lora"),
+    # prefix vectors P_k, P_v: the official code's (PyTorch defaults for the MLP, N(0, 0.02) for direct vectors),
+    # or the same with the P_v path zeroed, so that Δh starts at 0 as LoRA's does
+    "head": ("official", "lora"),
+}
+QUERIES = ("scaled", "unscaled")
+"""The query of a multi-head PA: `scaled` is q exactly as the attention computes it, (x W_q + b)·d_h^-1/2 (the
+official mBART and RoBERTa code); `unscaled` is x W_q + b without the scaling (its BART file, used with an input
+LayerNorm)."""
 
 
 class ConfigError(ValueError):
@@ -52,13 +63,14 @@ class Modification:
     insertion: str = "parallel"  # Δh from the sublayer input x (parallel) or its output h (sequential)
     composition: str | None = None  # add: h + Δh; scale: h + s·Δh; gate: (1-λ)h + λΔh
     scale: float | str = 1.0  # s, or "learned" (a trainable scalar initialised to 1)
-    init: str | None = None  # bert: N(0, 0.02) down and up; lora: Kaiming-uniform down, zero up
+    init: str | None = None  # bert: N(0, 0.02) down and up; lora: Kaiming-uniform down, zero up (see INITS)
     layer_norm: str = "none"  # a trainable LayerNorm on the adapter input (in) or output (out)
     dropout: float | None = None  # None: the model's own dropout
     targets: tuple[str, ...] | None = None  # None: every sublayer of this kind that the model has
     reparam: str = "mlp"  # P_k, P_v of a head modification: Li & Liang's MLP, or learned directly
     mid_dim: int = 800  # hidden size of that MLP
     form: str = "concat"  # a gated softmax head: concatenate P to K/V, or Eq. 7-9 written out
+    query: str = "scaled"  # a ReLU head (MH PA): the attention's own query (scaled) or W_q x without 1/sqrt(d_h)
 
     def __post_init__(self) -> None:
         _resolve(self)
@@ -91,7 +103,7 @@ def _resolve(m: Modification) -> None:
     if m.composition is None:
         _set(m, "composition", "gate" if m.function == "softmax" else ("add" if m.scale == 1.0 else "scale"))
     if m.init is None:
-        _set(m, "init", "lora" if m.function == "identity" else "bert")
+        _set(m, "init", "official" if m.position == "head" else "lora" if m.function == "identity" else "bert")
     if m.targets is not None:
         _set(m, "targets", tuple(m.targets) if isinstance(m.targets, (list, tuple)) else (m.targets,))
 
@@ -103,7 +115,9 @@ def _resolve(m: Modification) -> None:
     _check(m.insertion in INSERTIONS, "insertion", f"unknown insertion {m.insertion!r}; expected one of {INSERTIONS}")
     _check(m.composition in COMPOSITIONS, "composition",
            f"unknown composition {m.composition!r}; expected one of {COMPOSITIONS}")
-    _check(m.init in ("bert", "lora"), "init", f"unknown init {m.init!r}; expected 'bert' or 'lora'")
+    inits = INITS["head" if m.position == "head" else "bottleneck"]
+    _check(m.init in inits, "init", f"unknown init {m.init!r} for position {m.position!r}; expected one of {inits}")
+    _check(m.query in QUERIES, "query", f"unknown query {m.query!r}; expected one of {QUERIES}")
     _check(m.layer_norm in ("in", "out", "none"), "layer_norm",
            f"unknown layer_norm {m.layer_norm!r}; expected 'in', 'out' or 'none'")
     _check(m.reparam in ("mlp", "direct"), "reparam", f"unknown reparam {m.reparam!r}; expected 'mlp' or 'direct'")
@@ -154,9 +168,28 @@ class Method:
         _check(bool(self.modifications) or self.unfreeze != "none", f"method {self.name!r}",
                "has no modification and unfreezes nothing")
 
+    def budget_keys(self) -> tuple[str, ...]:
+        """The budget keys some modification of this method uses: attn_bn (attention side: l or r), ffn_bn (FFN
+        side: r), scale (s of a scaled composition)."""
+        sides = {m.budget_side for m in self.modifications}
+        used = {"attn_bn": "attn" in sides, "ffn_bn": "ffn" in sides,
+                "scale": any(m.composition == "scale" for m in self.modifications)}
+        return tuple(key for key, is_used in used.items() if is_used)
+
+    def applicable_budget(self, budget: dict[str, Any]) -> dict[str, Any]:
+        """The keys of `budget` (attn_bn, ffn_bn, scale) that this method uses and that are set; a budget written
+        for methods in general (the pipeline's single experiment) applies to each method's own sides."""
+        return {k: v for k, v in budget.items() if k in self.budget_keys() and v is not None}
+
     def with_budget(self, attn_bn: int | None = None, ffn_bn: int | None = None,
                     scale: float | str | None = None) -> "Method":
-        """The same method with new bottleneck sizes (attention side: l or r; FFN side: r) or scale s."""
+        """The same method with new bottleneck sizes (attention side: l or r; FFN side: r) or scale s.
+        A budget that no modification uses is refused rather than ignored."""
+        given = {"attn_bn": attn_bn, "ffn_bn": ffn_bn, "scale": scale}
+        for key, value in given.items():
+            _check(value is None or key in self.budget_keys(), f"method {self.name!r}.{key}",
+                   f"{value!r} is set but no modification of this method uses it "
+                   f"(it uses: {', '.join(self.budget_keys()) or 'no budget'})")
         mods = []
         for i, m in enumerate(self.modifications):
             size = {"attn": attn_bn, "ffn": ffn_bn}[m.budget_side]

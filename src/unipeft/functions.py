@@ -78,8 +78,22 @@ class PrefixVectors(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(d, mod.mid_dim), nn.Tanh(), nn.Linear(mod.mid_dim, layers * 2 * d))
         else:
             self.vectors = nn.Parameter(torch.randn(self.shape) * 0.02)
+        if mod.init == "lora":
+            self._zero_values()
         self._cache: tuple[object, torch.Tensor] | None = None
         self.forward_id = 0  # a new autograd graph is needed per training step
+
+    @torch.no_grad()
+    def _zero_values(self) -> None:
+        """P_v = 0 at the start (LoRA's zero up-projection applied to the prefix's value path): a Δh that is
+        linear in P_v then starts at 0, while P_v still gets a gradient through the non-zero P_k."""
+        if hasattr(self, "vectors"):
+            self.vectors[:, 1] = 0
+            return
+        last = self.mlp[-1]
+        is_value = torch.arange(last.out_features).view(self.shape[0], 2, -1)[:, 1].flatten()  # (layers, k/v, d)
+        last.weight[is_value] = 0
+        last.bias[is_value] = 0
 
     def compute(self) -> torch.Tensor:
         if hasattr(self, "vectors"):
@@ -106,19 +120,23 @@ class PrefixVectors(nn.Module):
 
 
 class MultiHeadBottleneck(nn.Module):
-    """Multi-head parallel adapter: per head i, Δh_i = ReLU(LN(x) W_q^(i) P_k^(i)T) P_v^(i).
+    """Multi-head parallel adapter: per head i, Δh_i = ReLU(q^(i) P_k^(i)T) P_v^(i), added before W_o.
 
-    W_q is the frozen query projection of the attention it sits in; P_k, P_v are prefix vectors (l per head),
-    so each head gets its own bottleneck at the parameter cost of one PA of size l (the paper's Table 4).
+    q is the attention's own query: with `query: scaled` exactly as the attention computes it, (x W_q + b)·d_h^-1/2
+    (the official mBART code's `cross_attn_relu` reuses `query_states`; its RoBERTa code also scales); with
+    `query: unscaled` x W_q + b (its BART file, there behind an input LayerNorm). W_q is frozen; P_k, P_v are
+    prefix vectors (l per head), so each head gets its own bottleneck at the parameter cost of one PA of size l
+    (the paper's Table 4).
     """
 
-    def __init__(self, vectors: PrefixVectors, layer: int, query: nn.Linear, heads: int, mod: Modification,
-                 dropout: float):
+    def __init__(self, vectors: PrefixVectors, layer: int, query: nn.Linear, heads: int, scaling: float,
+                 mod: Modification, dropout: float):
         super().__init__()
         # Tuples keep the shared prefix vectors and the frozen W_q out of this module's parameters.
         self._vectors = (vectors,)
         self._query = (query,)
         self.layer, self.heads, self.function = layer, heads, mod.function
+        self.scaling = scaling if mod.query == "scaled" else 1.0
         d = query.in_features
         self.norm_in = nn.LayerNorm(d) if mod.layer_norm == "in" else None
         self.dropout = nn.Dropout(dropout)
@@ -126,7 +144,7 @@ class MultiHeadBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm_in is not None:
             x = self.norm_in(x)
-        q = self._query[0](x).unflatten(-1, (self.heads, -1))  # (B, T, H, dh)
+        q = (self._query[0](x) * self.scaling).unflatten(-1, (self.heads, -1))  # (B, T, H, dh)
         p_k, p_v = self._vectors[0]()[self.layer].unflatten(-1, (self.heads, -1)).unbind(0)  # (l, H, dh)
         hidden = torch.einsum("bthd,lhd->bthl", q, p_k)
         hidden = self.dropout(torch.relu(hidden) if self.function == "relu" else hidden)
