@@ -36,7 +36,24 @@ def test_the_experiment_reads_the_top_level_keys():
     assert str(run.metrics_path) == "experiment/metrics.json" and str(run.adapter_dir) == "experiment/adapter"
 
 
+@pytest.mark.parametrize("method, used", [("pa", {"ffn_bn": 64}), ("prefix", {"attn_bn": 8}), ("full", {}),
+                                          ("mam", {"attn_bn": 8, "ffn_bn": 64, "scale": 2.0})])
+def test_the_experiment_applies_its_budget_to_the_sides_the_method_has(method, used):
+    params = {**PARAMS, "method": method, "budget": {"attn_bn": 8, "ffn_bn": 64, "scale": 2.0}}
+    assert resolve(params, ["experiment"]).budget == used
+
+
+def test_a_grid_run_can_name_another_preset_in_one_profile():
+    params = {**PARAMS, "grid": {"runs": {"m": {"method": "mh_pa", "offline": {"method": "mh_pa_lora_init",
+                                                                                "attn_bn": 5},
+                                                "real": {"attn_bn": 30}}}}}
+    assert resolve(params, ["sentiment", "m", "1"]).method == "mh_pa_lora_init"
+    assert resolve({**params, "profile": "real"}, ["sentiment", "m", "1"]).method == "mh_pa"
+
+
 @pytest.mark.parametrize("change, argv, message", [
+    ({"grid": {"runs": {"x": {"method": "pa", "offline": {"attn_bn": 4}}}}}, ["sentiment", "x", "1"],
+     "grid.runs.x: method 'pa'.attn_bn: 4 is set but no modification of this method uses it"),
     ({}, ["sentiment", "nope", "1"], "missing key 'grid.runs.nope'"),
     ({}, ["poetry", "full", "1"], "unknown task 'poetry'"),
     ({"budget": {"attn_bn": 4, "rank": 2}}, ["experiment"], "budget: unknown key 'rank'"),

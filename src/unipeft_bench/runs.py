@@ -84,21 +84,36 @@ def model_name(params: dict, profile: str, task: str, requested: str = "auto") -
 def grid_budget(spec: dict, profile: str, task_kind: str, where: str) -> dict:
     """A grid run's budget for the profile; `<profile>.classification` overrides it for classification tasks
     (the paper uses far smaller budgets on GLUE than on XSum and en-ro)."""
-    per_profile = dict(spec.get(profile) or {})
+    per_profile = {k: v for k, v in (spec.get(profile) or {}).items() if k != "method"}
     override = per_profile.pop("classification", None)
     if task_kind == "classification" and override is not None:
         return _budget(override, f"{where}.{profile}.classification")
     return _budget(per_profile, f"{where}.{profile}")
 
 
-def _preset(name, key: str) -> str:
+def grid_method(spec: dict, profile: str) -> str:
+    """A grid run's preset; `<profile>.method` replaces it in one profile (the offline MH PA's initialisation)."""
+    return (spec.get(profile) or {}).get("method", spec["method"])
+
+
+def _preset(name, key: str):
     import unipeft
 
     try:
-        unipeft.preset(name)
+        return unipeft.preset(name)
     except unipeft.ConfigError as err:  # caught here, before any output or model is touched
         raise DataError(f"params.yaml {key}: {str(err).removeprefix('method: ')}") from None
-    return name
+
+
+def _checked(method, budget: dict, key: str) -> dict:
+    """The budget, refused here in one line if the method has no use for one of its keys."""
+    import unipeft
+
+    try:
+        method.with_budget(**budget)
+    except unipeft.ConfigError as err:
+        raise DataError(f"params.yaml {key}: {err}") from None
+    return budget
 
 
 def resolve(params: dict, argv: list[str]) -> Run:
@@ -106,8 +121,10 @@ def resolve(params: dict, argv: list[str]) -> Run:
     profile = io.need(params, "profile")
     if argv == [EXPERIMENT]:
         task = get_task(io.need(params, "task"))
-        return Run(task.name, EXPERIMENT, _preset(io.need(params, "method"), "method"),
-                   _budget(io.need(params, "budget"), "budget"), int(io.need(params, "seed")),
+        method = _preset(io.need(params, "method"), "method")
+        # One budget for whichever method is chosen: each key applies where the method has that side.
+        budget = method.applicable_budget(_budget(io.need(params, "budget"), "budget"))
+        return Run(task.name, EXPERIMENT, method.name, budget, int(io.need(params, "seed")),
                    model_name(params, profile, task.name, io.need(params, "model")), profile)
     if len(argv) != 3:
         raise DataError("usage: <stage>.py experiment | <stage>.py <task> <run> <seed>")
@@ -115,9 +132,9 @@ def resolve(params: dict, argv: list[str]) -> Run:
     spec = io.need(params, f"grid.runs.{name}")
     if not isinstance(spec, dict) or "method" not in spec:
         raise DataError(f"params.yaml grid.runs.{name}: expected a mapping with a 'method'")
-    return Run(task.name, name, _preset(spec["method"], f"grid.runs.{name}.method"),
-               grid_budget(spec, profile, task.kind, f"grid.runs.{name}"), int(seed),
-               model_name(params, profile, task.name), profile)
+    method = _preset(grid_method(spec, profile), f"grid.runs.{name}.method")
+    budget = _checked(method, grid_budget(spec, profile, task.kind, f"grid.runs.{name}"), f"grid.runs.{name}")
+    return Run(task.name, name, method.name, budget, int(seed), model_name(params, profile, task.name), profile)
 
 
 def stage_main(argv: list[str], section: str, work) -> int:
