@@ -3,17 +3,19 @@
     python stages/aggregate.py
 
 Reads `profile` and `grid` (`seeds`, `runs` in the order to show, the task lists `generation` and
-`classification`) from params.yaml, and for every task x run x seed the evaluate stage's
-metrics/<task>/<run>-seed<seed>.json. Writes:
+`classification`; `name`, `results`, and for the paper's grids `title` and `paper`, the table whose numbers
+come first) from params.yaml, and for every task x run x seed the evaluate stage's
+metrics/<task>/<run>-seed<seed>.json. Writes, under the grid's `results` directory (`results` for the default
+grid, `results/<name>` for the paper's tables and figures, conf/grid/<name>.yaml):
 
-- results/tables/generation.md, .csv: the shape of Tables 3-6 and 12, one row per run: method, #params,
-  per task its scores as mean ± std over seeds (XSum R-1/R-2/R-L, en-ro BLEU);
-- results/tables/classification.md, .csv: the shape of Table 2: accuracies as the median over seeds;
+- tables/generation.md, .csv: the shape of Tables 3-6 and 12, one row per run in the grid's order: method,
+  #params, per task its scores as mean ± std over seeds (XSum R-1/R-2/R-L, en-ro BLEU);
+- tables/classification.md, .csv: the shape of Table 2: accuracies as the median over seeds;
   both tables get the paper's numbers alongside (src/unipeft_bench/paper_results.yaml) in the real profile
   only, and always exist (a kind without tasks says so);
-- results/plots/<task>.png, .csv: Figures 4-5, the task's primary score (R-2, BLEU, accuracy) against the
-  % of parameters, one line per method, full fine-tuning dashed; the CSV (method,run,params_percent,score)
-  is DVC plot data.
+- plots/<task>.png, .csv: Figures 4-5, the task's primary score (R-2, BLEU, accuracy) against the
+  % of parameters, one line per method, full fine-tuning dashed; the CSV (method,run,params_percent,score,
+  and in the real profile paper_params_percent,paper_score) is DVC plot data.
 
 Everything is read and computed before anything is written: a missing or stale metrics file gives one
 line, `error: <file>: ...`, exit status 1, and no output.

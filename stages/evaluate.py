@@ -5,7 +5,9 @@
 
 Summarization: beam search with evaluate.<profile>.<task>.generation, ROUGE-1/2/L/Lsum (rouge-score, stemming).
 Translation: beam search, sacreBLEU with its signature, and for Romanian targets the paper's normalised,
-tokenised BLEU beside it. Classification: accuracy (MNLI: matched and, when present, mismatched).
+tokenised BLEU beside it. Both against references decoded from the tokenized labels (cut to the evaluation
+target length, as the official scripts), with the scores against the full reference texts in
+scores_untruncated. Classification: accuracy (MNLI: matched and, when present, mismatched).
 Writes metrics/<task>/<run>-seed<seed>.json (scores, the three parameter counts, training time, peak memory,
 steps, seed, package versions) and the predictions, or nothing on an error.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from unipeft_bench import io, metrics
 from unipeft_bench.errors import DataError
-from unipeft_bench.generation import generate
+from unipeft_bench.generation import decode_labels, generate
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 
@@ -41,6 +43,20 @@ def score_seq2seq(task_name: str, predictions: list[str], references: list[str],
 
         scores.update(paper_bleu(predictions, references))
     return scores
+
+
+def score_against_references(task_name: str, predictions: list[str], test, tokenizer) -> tuple[dict, dict]:
+    """The headline scores against the references as the official scripts had them, decoded from the tokenized
+    labels, i.e. cut to the evaluation target length (XSum: val_max_target_length 60 in exps/run_xsum.sh; en-ro:
+    150 in exps/run_en_ro.sh); and the same scores against the full, untruncated reference texts."""
+    language = getattr(tokenizer, "tgt_lang", None)
+    truncated = score_seq2seq(task_name, predictions, decode_labels(tokenizer, test["labels"]), language)
+    return truncated, score_seq2seq(task_name, predictions, test["target"], language)
+
+
+def reference_length(data_dir: Path) -> int | None:
+    lengths = data_dir / "lengths.json"  # written by the tokenize stage
+    return json.loads(lengths.read_text()).get("eval_target") if lengths.is_file() else None
 
 
 def classify(model, dataset, tokenizer, batch_size: int) -> list[int]:
@@ -67,7 +83,7 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
     import torch
     import unipeft
     from datasets import load_from_disk
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, set_seed
 
     training_file = run.adapter_dir / "training.json"
     if not training_file.is_file():
@@ -76,20 +92,26 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
     data_dir = Path("data/tokenized") / run.task
     data = load_from_disk(str(data_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    # The train stage's seed before the model: a task head that stayed frozen (train_head: false) is not in the
+    # adapter, so it must be the same random initialisation again.
+    set_seed(run.seed)
     model = load_base_model(run, tokenizer, {})
     try:
         attachment = unipeft.load(model, run.adapter_dir)
     except unipeft.ConfigError as err:
         raise DataError(str(err)) from None
     started = time.perf_counter()
-    scores, predictions = {}, {}
+    scores, untruncated, predictions, evaluation = {}, None, {}, {}
     # bf16 autocast: about twice as fast on a CPU with AVX-512 BF16 (benchmarks/cpu_step_costs.py)
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bool(settings.get("bf16"))):
         if task.kind == "seq2seq":
             test = data["test"]
             predictions["test"] = generate(model, tokenizer, test, settings["batch_size"], **settings["generation"])
-            scores = score_seq2seq(task.name, predictions["test"], test["target"],
-                                   getattr(tokenizer, "tgt_lang", None))
+            scores, untruncated = score_against_references(task.name, predictions["test"], test, tokenizer)
+            evaluation["references"] = {"headline": "tokenized labels, decoded", "max_tokens": reference_length(
+                data_dir), "scores_untruncated": "the untruncated reference texts"}
+            if task.name == "summarization":
+                evaluation["sentence_splitter"] = metrics.sentence_splitter()
         else:
             for split, key in (("test", "accuracy"), ("test_mismatched", "accuracy_mismatched")):
                 if split in data:
@@ -100,10 +122,12 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
              for side in ("attn", "ffn")}
     sizes["scale"] = next((m.scale for m in attachment.method.modifications if m.composition == "scale"), None)
     report = {"task": run.task, "profile": run.profile, "run": run.name, "method": run.method, "seed": run.seed,
-              "model": run.model, "sizes": sizes, "scores": scores, "params": attachment.counts().to_dict(),
-              "training": json.loads(training_file.read_text()),
+              "model": run.model, "sizes": sizes, "scores": scores,
+              **({"scores_untruncated": untruncated} if untruncated is not None else {}),
+              "params": attachment.counts().to_dict(), "training": json.loads(training_file.read_text()),
               "evaluation": {"split": "test", "examples": len(data["test"]),
-                             "precision": "bf16 autocast" if settings.get("bf16") else "fp32",
+                             **{f"examples_{split}": len(data[split]) for split in predictions if split != "test"},
+                             **evaluation, "precision": "bf16 autocast" if settings.get("bf16") else "fp32",
                              "seconds": round(time.perf_counter() - started, 1)},
               "versions": versions()}
     return report, predictions, data

@@ -19,6 +19,16 @@ from unipeft_bench.tasks import task as get_task
 from unipeft_bench.tokenization import encode_classification, encode_seq2seq, subsample, token_stats
 
 
+LENGTHS = "lengths.json"  # the max lengths the splits were cut to; evaluate names the references' length
+
+
+def lengths(kind: str, options: dict) -> dict:
+    if kind != "seq2seq":
+        return {"source": options["source"]}
+    return {"source": options["source"], "target": options["target"],
+            "eval_target": options.get("eval_target", options["target"])}
+
+
 def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     task = get_task(task_name)
     profile = io.need(params, "profile")
@@ -49,6 +59,7 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     with io.atomic_directory(root / "data" / "tokenized" / task_name) as staging:
         DatasetDict(datasets).save_to_disk(str(staging))
         tokenizer.save_pretrained(str(staging / "tokenizer"))
+        io.write_json_atomic(staging / LENGTHS, lengths(task.kind, options))
     io.write_json_atomic(root / "metrics" / "data" / f"{task_name}_tokens.json", report)
     return report
 

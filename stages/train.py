@@ -22,7 +22,40 @@ from unipeft_bench import io
 from unipeft_bench.errors import DataError
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
-from unipeft_bench.training import compute_metrics_for, peak_memory_mb, resume_point, training_arguments
+from unipeft_bench.training import (compute_metrics_for, peak_memory_mb, resolved_settings, resume_point,
+                                    training_arguments)
+
+
+def method_for(run: Run, settings: dict):
+    """The run's method; `train_head: false` keeps the task head at its (seeded) random initialisation, as the
+    official code did: PETLEncModel (petl/petl_enc_model.py) trains only `ef_*` parameters, so RoBERTa's
+    classification head never trained on GLUE (exps/run_glue.sh). Set on the Method rather than by freezing
+    parameters after attaching, so that the saved adapter_config.json says so and evaluate loads it as trained.
+    Methods that unfreeze all (full fine-tuning) still train the head, as the official full fine-tuning did."""
+    import dataclasses
+
+    import unipeft
+
+    method = unipeft.preset(run.method)
+    train_head = settings.get("train_head", True)
+    if not isinstance(train_head, bool):
+        raise DataError(f"params.yaml train.{run.profile}.{run.task}.train_head: expected true or false, "
+                        f"got {train_head!r}")
+    return dataclasses.replace(method, train_head=train_head)
+
+
+def token_sampler(run: Run, settings: dict, train_set, seq2seq: bool):
+    """Batches of max_tokens_per_batch tokens (the official en-ro setting), or None for sentence batches."""
+    if settings.get("max_tokens_per_batch") is None:
+        return None
+    from unipeft_bench.token_batching import check_max_tokens, sampler_for
+
+    where = f"train.{run.profile}.{run.task}"
+    max_tokens = check_max_tokens(settings["max_tokens_per_batch"], f"{where}.max_tokens_per_batch")
+    multiple = check_max_tokens(settings.get("batch_size_multiple", 1), f"{where}.batch_size_multiple")
+    if not seq2seq:
+        raise DataError(f"params.yaml {where}.max_tokens_per_batch: token batching is for seq2seq tasks")
+    return sampler_for(train_set, max_tokens, run.seed, multiple)
 
 
 def train(run: Run, settings: dict) -> dict:
@@ -34,32 +67,39 @@ def train(run: Run, settings: dict) -> dict:
                               Trainer, set_seed)
     from transformers.integrations import DVCLiveCallback
 
+    settings = resolved_settings(settings, run)  # by_method and the rate tables applied: what this run trains with
     task = get_task(run.task)
     data_dir = Path("data/tokenized") / run.task
     if not (data_dir / "dataset_dict.json").is_file():
         raise DataError(f"{data_dir}: not found; run the tokenize stage")
     data = load_from_disk(str(data_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
-    set_seed(run.seed)  # before the model: a classification head starts from the run's seed
+    method = method_for(run, settings)
+    set_seed(run.seed)  # before the model: a classification head starts from the run's seed (evaluate does the same)
     model = load_base_model(run, tokenizer, settings)
     try:
-        attachment = unipeft.attach(model, run.method, **run.budget)
+        attachment = unipeft.attach(model, method, **run.budget)
     except unipeft.ConfigError as err:
         raise DataError(str(err)) from None
     seq2seq = task.kind == "seq2seq"
     validation = data["validation"].select(range(min(settings["eval_examples"], len(data["validation"]))))
-    args = training_arguments(settings, run, seq2seq, len(data["train"]))
+    columns = ["input_ids", "attention_mask", "labels"] + (["token_type_ids"] if "token_type_ids" in
+                                                            data["train"].column_names else [])
+    train_set = data["train"].select_columns(columns)
+    sampler = token_sampler(run, settings, train_set, seq2seq)
+    args = training_arguments(settings, run, seq2seq, len(data["train"]), sampler and len(sampler))
     if seq2seq:
         model.generation_config.update(**settings.get("validation_generation", {}))
         collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     else:
         collator = DataCollatorWithPadding(tokenizer)
-    columns = ["input_ids", "attention_mask", "labels"] + (["token_type_ids"] if "token_type_ids" in
-                                                            data["train"].column_names else [])
     trainer_class = Seq2SeqTrainer if seq2seq else Trainer
+    if sampler is not None:
+        from unipeft_bench.token_batching import token_batching_trainer
+
+        trainer_class = token_batching_trainer(trainer_class, sampler)
     with Live(str(run.live_dir), dvcyaml=None, save_dvc_exp=False) as live:
-        trainer = trainer_class(model=model, args=args, data_collator=collator,
-                                train_dataset=data["train"].select_columns(columns),
+        trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_set,
                                 eval_dataset=validation.select_columns(columns),
                                 processing_class=tokenizer, callbacks=[DVCLiveCallback(live=live)],
                                 compute_metrics=None if settings["select"] == "loss" else
@@ -74,13 +114,22 @@ def train(run: Run, settings: dict) -> dict:
               "best_metric": {"name": args.metric_for_best_model, "value": state.best_metric},
               "peak_memory_mb": peak_memory_mb(), "device": str(args.device),
               "precision": "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32",
-              "learning_rate": args.learning_rate, "train_examples": len(data["train"])}
+              "learning_rate": args.learning_rate, "train_examples": len(data["train"]),
+              "batches": (f"at most {settings['max_tokens_per_batch']} tokens (padded), {len(sampler)} per epoch"
+                          if sampler else f"{args.per_device_train_batch_size} examples"),
+              "head_trained": _head_trained(attachment)}
     if trainer.is_world_process_zero():
         with io.atomic_directory(run.adapter_dir) as staging:
             attachment.save(staging)
             (staging / "training.json").write_text(json.dumps(report, indent=2) + "\n")
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     return report
+
+
+def _head_trained(attachment) -> bool | None:
+    """Whether the task head trained; None where the model has no separate head (a tied LM head)."""
+    head = attachment.head_parameters()
+    return any(p.requires_grad for p in head.values()) if head else None
 
 
 def _best_step(state) -> int | None:

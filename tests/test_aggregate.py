@@ -188,3 +188,115 @@ def test_the_first_matching_paper_entry_wins():
     plain = aggregation.paper_entry("summarization", "lora_ffn", {"attn": None, "ffn": 102, "scale": None})
     assert plain["row"] == "LoRA, s=1"  # no scale is s = 1
     assert aggregation.paper_entry("translation", "lora_ffn", {"ffn": 102, "scale": 1.0}) is None
+
+
+# ---- the named grids of conf/grid/: each table and figure of the paper in its shape --------------------------------
+def write_grid_workspace(root, name: str, profile: str = "offline") -> dict:
+    """params.yaml as `dvc exp run -S grid=<name> -S profile=<profile>` composes it, and a made-up metrics file
+    for each of the grid's runs, with the sizes and method the evaluate stage would record."""
+    from test_grids import composed, effective_sizes, resolved
+
+    params = composed(f"grid={name}", f"profile={profile}")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    index = {run: position for position, run in enumerate(params["grid"]["runs"])}
+    for run in resolved(params):
+        values = {key: round(20 + index[run.name] + (run.seed * 7 % 5) * 0.37 + len(key) * 0.11, 2)
+                  for key in KEYS[run.task]}
+        if run.task == "translation":
+            values.update(bleu_signature="nrefs:1|...", bleu_paper=values["bleu"] + 1 if profile == "real" else None)
+        record = {"task": run.task, "profile": profile, "run": run.name, "method": run.method, "seed": run.seed,
+                  "sizes": effective_sizes(run.method, run.budget), "scores": values,
+                  "params": {"method": run.method, "paper_percent": 0.1 * (index[run.name] + 1)}}
+        (root / "metrics" / run.task).mkdir(parents=True, exist_ok=True)
+        (root / "metrics" / run.task / f"{run.name}-seed{run.seed}.json").write_text(json.dumps(record))
+    return params
+
+
+def test_a_named_grid_writes_its_own_directory_with_the_papers_title(tmp_path, monkeypatch):
+    params = write_grid_workspace(tmp_path, "table4")
+    assert run_stage(tmp_path, monkeypatch) == 0
+
+    tables = tmp_path / "results/table4/tables"
+    text = (tables / "generation.md").read_text()
+    assert text.startswith("# Table 4: attention-side methods at l or r = 200 and 30 (en-ro)\n")
+    assert "`dvc exp run -S grid=table4`" in text
+    rows = markdown_rows(tables / "generation.md")
+    assert [row["Method"] for row in rows] == [  # method × budget, in the paper's row order
+        "PA attn (r=30)", "Prefix (l=30)", "MH PA (r=30)", "Prefix −gating (l=30)", "Prefix (l=5)",
+        "Prefix −gating (l=5)", "PA ffn (r=5)", "PA attn (r=5)", "MH PA (r=5)"]
+    assert list(rows[0]) == ["Method", "#params", "translation BLEU"]
+    assert list(pd.read_csv(tables / "generation.csv")["run"]) == list(params["grid"]["runs"])
+    assert (tmp_path / "results/table4/plots/translation.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "results/tables").exists()  # the default grid's tables stay as they are
+
+
+def test_table4_in_the_real_profile_shows_table_4s_own_rows(tmp_path, monkeypatch):
+    write_grid_workspace(tmp_path, "table4", profile="real")
+    assert run_stage(tmp_path, monkeypatch) == 0
+
+    rows = {row["Method"]: row for row in markdown_rows(tmp_path / "results/table4/tables/generation.md")}
+    expected = {"PA attn (r=200)": "35.6", "Prefix (l=200)": "35.6", "MH PA (r=200)": "35.8",
+                "Prefix −gating (l=200)": "", "Prefix (l=30)": "35.2", "Prefix −gating (l=30)": "34.9",
+                "PA ffn (r=30)": "33.0", "PA attn (r=30)": "33.7", "MH PA (r=30)": "35.3"}
+    assert {label: row["en-ro (paper)"] for label, row in rows.items()} == expected
+    assert rows["Prefix (l=200)"]["Paper source"] == "Table 4"  # not Table 6's row of the same run
+    assert "Table 4's own rows first" in (tmp_path / "results/table4/tables/generation.md").read_text()
+
+
+def test_table2_has_mnli_and_sst2_columns_and_the_papers_medians(tmp_path, monkeypatch):
+    write_grid_workspace(tmp_path, "table2", profile="real")
+    assert run_stage(tmp_path, monkeypatch) == 0
+
+    rows = markdown_rows(tmp_path / "results/table2/tables/classification.md")
+    assert [row["Method"] for row in rows] == ["Full fine-tuning", "BitFit", "Prefix (l=32)", "LoRA (r=16, s=2)",
+                                               "Houlsby adapter (r=16)", "MAM (l=16, r=16, s=2)"]
+    assert [column for column in rows[0] if column.startswith(("MNLI", "SST-2"))] == [
+        "MNLI", "MNLI (paper)", "SST-2", "SST-2 (paper)"]
+    assert [row["MNLI (paper)"] for row in rows] == ["87.6±.4", "84.7", "86.3±.4", "87.2±.4", "87.2±.2", "87.4±.3"]
+    assert rows[-1]["SST-2 (paper)"] == "94.2±.3" and rows[-1]["#params (paper)"] == "0.5%"
+    seeds = [42, 2, 4, 6, 8]
+    values = [round(20 + 5 + (seed * 7 % 5) * 0.37 + len("accuracy") * 0.11, 2) for seed in seeds]
+    assert rows[-1]["MNLI"] == f"{statistics.median(values):.2f} ± {statistics.stdev(values):.2f}"  # 5 seeds
+    assert not (tmp_path / "results/table2/tables/generation.csv").read_text().strip("\n").count("\n")
+
+
+def test_table5_rows_are_the_composition_functions(tmp_path, monkeypatch):
+    write_grid_workspace(tmp_path, "table5", profile="real")
+    assert run_stage(tmp_path, monkeypatch) == 0
+
+    rows = markdown_rows(tmp_path / "results/table5/tables/generation.md")
+    assert [(row["Method"], row["XSum (paper)"]) for row in rows] == [
+        ("LoRA ffn (r=102, s=4)", "44.59/21.31/36.25"), ("LoRA ffn (r=102, s=1)", "44.17/20.83/35.74"),
+        ("PA ffn (r=512)", "44.35/20.98/35.98"), ("Scaled PA (r=512, s=4)", "44.85/21.54/36.58"),
+        ("Scaled PA, learned s (r=512, s=learned)", "44.56/21.31/36.29")]
+    assert {row["Paper source"] for row in rows} == {"Table 5"}
+
+
+def test_a_figure_grid_plots_the_papers_points_beside_ours_in_the_real_profile(tmp_path, monkeypatch):
+    write_grid_workspace(tmp_path, "figure4", profile="real")
+    assert run_stage(tmp_path, monkeypatch) == 0
+
+    data = pd.read_csv(tmp_path / "results/figure4/plots/summarization.csv")
+    assert list(data.columns) == ["method", "run", "params_percent", "score", "paper_params_percent", "paper_score"]
+    prefix = data.set_index("run").loc[["prefix-1", "prefix-30", "prefix-200", "prefix-512"]]
+    assert list(prefix["paper_score"]) == [18.14, 20.01, 20.46, 20.40]  # Figure 4's prefix curve, XSum R-2
+    assert list(prefix["paper_params_percent"]) == [0.018, 0.54, 3.6, 9.2]
+    bleu = pd.read_csv(tmp_path / "results/figure4/plots/translation.csv").set_index("run")
+    assert bleu.loc["lora-400", "paper_score"] == 36.6 and bleu.loc["full", "paper_score"] == 37.3
+    assert (tmp_path / "results/figure4/plots/translation.png").read_bytes().startswith(b"\x89PNG")
+
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    write_grid_workspace(offline, "figure4")
+    assert run_stage(offline, monkeypatch) == 0
+    assert list(pd.read_csv(offline / "results/figure4/plots/translation.csv").columns) == [
+        "method", "run", "params_percent", "score"]  # the paper's points only where they are comparable
+
+
+def test_grid_results_must_stay_inside_the_project(tmp_path, monkeypatch, capsys):
+    write_workspace(tmp_path, ["mam"], [1], generation=["summarization"])
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["grid"]["results"] = "../elsewhere"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert run_stage(tmp_path, monkeypatch) == 1
+    assert "grid.results must be a directory inside the project" in capsys.readouterr().err

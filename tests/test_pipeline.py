@@ -1,8 +1,12 @@
 """End to end: the project's own dvc.yaml on a tiny profile, in a temporary git repository.
 
 `dvc repro` (prepare → backbone → tokenize → train → evaluate → aggregate, and the single experiment), then
-`dvc exp run -S method=lora`, then `dvc metrics diff`, as a user would run them. The raw assets are small files
-in the offline assets' formats; the models are the packaged MiniLM and a backbone built from it in two steps.
+`dvc exp run -S method=lora`, then `dvc metrics diff`, then one of the paper's grids (`dvc exp run -S grid=table5`,
+two of its runs), as a user would run them. The raw assets are small files in the offline assets' formats; the
+models are the packaged MiniLM and a backbone built from it in two steps.
+
+With Hydra enabled (.dvc/config), `dvc exp run` recomposes params.yaml from conf/, so the tiny settings are written
+where the composition reads them (conf/config.yaml, conf/grid/default.yaml) as well as to params.yaml.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import pytest
 import yaml
 
 import data_fixtures as fx
+from test_grids import composed
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = composed()  # conf/ with its defaults, which params.yaml equals (tests/test_grids.py)
     params["backbone"].update(texts=64, eval_texts=8, steps=2, batch_size=4, eval_every=1, log_every=1,
                               warmup_steps=0)
     for task, options in params["tokenize"]["offline"].items():
@@ -37,6 +42,16 @@ def tiny_params() -> dict:
     for task in ("summarization", "translation"):
         params["evaluate"]["offline"][task]["generation"].update(num_beams=2, max_length=8)
     return params
+
+
+def write_tiny_conf(repo: Path, params: dict) -> None:
+    """conf/ with the tiny settings, composing to `params`; the paper's grids as they are."""
+    shutil.copytree(ROOT / "conf", repo / "conf")
+    config = {"defaults": ["_self_", {"grid": "default"}],
+              **{key: {} if key == "grid" else value for key, value in params.items()}}  # the grid in its place
+    (repo / "conf/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (repo / "conf/grid/default.yaml").write_text(yaml.safe_dump(params["grid"], sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -58,11 +73,12 @@ def repo(tmp_path_factory) -> Path:
     for name in ("stages", "src"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    write_tiny_conf(repo, tiny_params())
     fx.offline_assets(repo / "assets")
     (repo / ".gitignore").write_text("/assets/\n/checkpoints/\n")
     git(repo, "init", "-q")
     dvc(repo, "init", "-q")
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # [hydra] enabled
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "project")  # as a clone of it: DVCLive needs a commit to compare against
     return repo
@@ -101,3 +117,17 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
     diff = json.loads(dvc(repo, "metrics", "diff", "--json"))
     changed = diff["experiment/metrics.json"]
     assert "params.paper" in changed and changed["params.paper"]["old"] != changed["params.paper"]["new"]
+    assert yaml.safe_load((repo / "params.yaml").read_text())["grid"]["seeds"] == [7]  # recomposed: still tiny
+
+    # One of the paper's grids, two of its runs (Hydra's ~ deletes the others), its tables beside the default's
+    dropped = [f"~grid.runs.{run}" for run in ("lora_ffn-102", "pa-512", "scaled_pa-512")]
+    out = dvc(repo, "exp", "run", "-S", "grid=table5", *(arg for run in dropped for arg in ("-S", run)))
+    for stage in ("train_generation@summarization-lora_ffn-102-s1-42",
+                  "evaluate_generation@summarization-scaled_pa_learned-512-42", "aggregate"):
+        assert f"Running stage '{stage}'" in out
+    assert "Running stage 'train_generation@summarization-mam-small" not in out  # the default grid is not rerun
+    table = (repo / "results/table5/tables/generation.md").read_text()
+    assert table.startswith("# Table 5: composition function")
+    assert "LoRA ffn (r=13, s=1)" in table and "Scaled PA, learned s (r=64, s=learned)" in table
+    assert (repo / "results/table5/plots/summarization.png").read_bytes()[:4] == b"\x89PNG"
+    assert "MAM (l=5, r=16, s=4)" in (repo / "results/tables/generation.md").read_text()  # the default's, kept

@@ -26,7 +26,9 @@ from .tasks import task as get_task
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 # Outside metrics/: the stage depends on all of metrics/, so its outputs there would be their own input.
-TABLES, PLOTS = Path("results/tables"), Path("results/plots")
+# Each grid writes under its own `grid.results` (results for the default grid, results/<name> for the paper's
+# tables and figures), so that the outputs of several grids live side by side.
+DEFAULT_RESULTS = "results"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,18 @@ class Grid:
     runs: tuple[str, ...]  # in the order the tables show them
     generation: tuple[str, ...]
     classification: tuple[str, ...]
+    name: str = "default"  # conf/grid/<name>.yaml
+    results: Path = Path(DEFAULT_RESULTS)
+    title: str = ""  # the heading of its tables; empty: one per kind of task
+    paper: str = ""  # the paper_results.yaml source (e.g. "Table 4") whose numbers come first
+
+    @property
+    def tables(self) -> Path:
+        return self.results / "tables"
+
+    @property
+    def plots(self) -> Path:
+        return self.results / "plots"
 
 
 def read_grid(params: dict) -> Grid:
@@ -85,7 +99,18 @@ def read_grid(params: dict) -> Grid:
         for name in kinds[kind]:
             if get_task(name).kind != expected:
                 raise DataError(f"params.yaml: grid.{kind} lists {name!r}, a {get_task(name).kind} task")
-    return Grid(profile, tuple(seeds), tuple(runs), tuple(kinds["generation"]), tuple(kinds["classification"]))
+    return Grid(profile, tuple(seeds), tuple(runs), tuple(kinds["generation"]), tuple(kinds["classification"]),
+                str(params["grid"].get("name") or "default"), results_directory(params["grid"]),
+                str(params["grid"].get("title") or ""), str(params["grid"].get("paper") or ""))
+
+
+def results_directory(grid: dict) -> Path:
+    """grid.results: a directory inside the project (DVC tracks it as the aggregate stage's output)."""
+    results = grid.get("results") or DEFAULT_RESULTS
+    path = Path(str(results))
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"params.yaml: grid.results must be a directory inside the project, got {results!r}")
+    return path
 
 
 def metrics_path(root: Path, task: str, run: str, seed: int) -> Path:
@@ -186,9 +211,11 @@ def _matches(entry: dict, method: str, sizes: dict) -> bool:
     return "scale" not in expected or _scale(expected["scale"]) == _scale(sizes.get("scale"))
 
 
-def paper_entry(task: str, method: str, sizes: dict) -> dict | None:
-    """The first entry of paper_results.yaml (its order is the precedence) with this task, method and sizes."""
-    return next((e for e in paper_results() if task in e["scores"] and _matches(e, method, sizes)), None)
+def paper_entry(task: str, method: str, sizes: dict, prefer: str = "") -> dict | None:
+    """The first entry of paper_results.yaml (its order is the precedence) with this task, method and sizes;
+    one from the `prefer`red source first, so that a grid of Table 4 shows Table 4's row where it has one."""
+    matches = [e for e in paper_results() if task in e["scores"] and _matches(e, method, sizes)]
+    return next(iter([e for e in matches if e["source"] == prefer] + matches), None)
 
 
 def paper_cell(entry: dict | None, task: str) -> str:
@@ -247,7 +274,7 @@ def _run_rows(grid: Grid, kind: str, run: str, first: dict, stats: pd.DataFrame)
                "seeds": len(grid.seeds)}
     shown = {"Method": label,
              "#params": " / ".join(dict.fromkeys(percent(first[(t, run)]["params_percent"]) for t in tasks))}
-    entries = {t: paper_entry(t, first[(t, run)]["method"], first[(t, run)]["sizes"]) if real else None
+    entries = {t: paper_entry(t, first[(t, run)]["method"], first[(t, run)]["sizes"], grid.paper) if real else None
                for t in tasks}
     matched = {t: e for t, e in entries.items() if e is not None}
     if real:
@@ -316,17 +343,20 @@ def table_notes(grid: Grid, kind: str) -> list[str]:
                      "real" else "BLEU: sacreBLEU with its defaults; the paper's Romanian normalisation does not "
                      "apply to the stand-in's Spanish targets.")
     if grid.profile == "real":
+        first = f"; {grid.paper}'s own rows first" if grid.paper else ""
         notes.append("(paper): the paper's numbers for the same method and sizes, as printed, from "
-                     "src/unipeft_bench/paper_results.yaml (table in 'Paper source'); empty where it has no such run.")
+                     f"src/unipeft_bench/paper_results.yaml (table in 'Paper source'{first}); empty where it has no "
+                     "such run.")
     else:
         notes.append("Offline profile: stand-in data and a small backbone, so the paper's numbers are not "
                      "comparable and are not shown.")
+    notes.append(f"Grid `{grid.name}` (conf/grid/{grid.name}.yaml): `dvc exp run -S grid={grid.name}`.")
     return notes
 
 
 def table_markdown(grid: Grid, kind: str, shown: pd.DataFrame) -> str:
-    title = {"generation": "Generation tasks (the shape of the paper's Tables 3-6 and 12)",
-             "classification": "Classification tasks (the shape of the paper's Table 2)"}[kind]
+    title = grid.title or {"generation": "Generation tasks (the shape of the paper's Tables 3-6 and 12)",
+                           "classification": "Classification tasks (the shape of the paper's Table 2)"}[kind]
     if shown.empty:
         return f"# {title}\n\nno tasks of this kind in the grid\n"
     return f"# {title}\n\n{markdown(shown)}\n\n" + "".join(f"- {note}\n" for note in table_notes(grid, kind))
@@ -334,14 +364,35 @@ def table_markdown(grid: Grid, kind: str, shown: pd.DataFrame) -> str:
 
 # ---- figures --------------------------------------------------------------------------------------------------------
 def plot_data(grid: Grid, task: str, numeric: pd.DataFrame) -> pd.DataFrame:
-    """Figures 4-5's points: the primary score (the table's center over seeds) against the % of parameters."""
+    """Figures 4-5's points: the primary score (the table's center over seeds) against the % of parameters; in
+    the real profile the paper's point for the same run beside it (paper_params_percent, paper_score)."""
     kind = "generation" if task in grid.generation else "classification"
-    score = f"{task}_{TASK_VIEWS[task].primary}_{CENTER[kind]}"
-    return numeric[["method", "run", "params_percent", score]].rename(columns={score: "score"})
+    primary = TASK_VIEWS[task].primary
+    columns = {f"{task}_{primary}_{CENTER[kind]}": "score"}
+    if grid.profile == "real":
+        columns.update(paper_params_percent="paper_params_percent", **{f"{task}_{primary}_paper": "paper_score"})
+    return numeric[["method", "run", "params_percent", *columns]].rename(columns=columns)
+
+
+def _draw_methods(axes, data: pd.DataFrame, x: str, y: str, paper: bool) -> None:
+    """One line per method through its budgets; the paper's in the same colour, dashed with open markers."""
+    methods = data.loc[data["method"] != "full", "method"].drop_duplicates()
+    colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}
+    peft = data[(data["method"] != "full") & (data[x] > 0)].dropna(subset=[x, y])
+    for method, points in peft.groupby("method", sort=False):
+        points = points.sort_values(x)
+        name = METHOD_NAMES.get(method, method)
+        style = dict(linestyle="--", marker="o", markerfacecolor="none", label=f"{name} (paper)") if paper else \
+            dict(marker="o", label=name)
+        axes.plot(points[x], points[y], color=colours[method], **style)
+    for score in data.loc[data["method"] == "full", y].dropna():
+        axes.axhline(score, linestyle=":" if paper else "--", color="grey",
+                     label="Full fine-tuning (paper)" if paper else "Full fine-tuning")
 
 
 def plot_png(data: pd.DataFrame, task: str, profile: str) -> bytes:
-    """One line per method through its budgets on a log x axis; full fine-tuning as a dashed horizontal line."""
+    """One line per method through its budgets on a log x axis; full fine-tuning as a dashed horizontal line;
+    the paper's points beside them where the data have them (real profile)."""
     from matplotlib import ticker
     from matplotlib.figure import Figure  # no pyplot: no global state, and saving a PNG uses the Agg canvas
 
@@ -349,11 +400,9 @@ def plot_png(data: pd.DataFrame, task: str, profile: str) -> bytes:
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     axes = figure.subplots()
     peft = data[(data["method"] != "full") & (data["params_percent"] > 0)]
-    for method, points in peft.groupby("method", sort=False):
-        points = points.sort_values("params_percent")
-        axes.plot(points["params_percent"], points["score"], marker="o", label=METHOD_NAMES.get(method, method))
-    for score in data.loc[data["method"] == "full", "score"]:
-        axes.axhline(score, linestyle="--", color="grey", label="Full fine-tuning")
+    _draw_methods(axes, data, "params_percent", "score", paper=False)
+    if "paper_score" in data:
+        _draw_methods(axes, data, "paper_params_percent", "paper_score", paper=True)
     if not peft.empty:
         axes.set_xscale("log")  # budgets span 0.01% to 10%, as the paper's Figures 4-5
         axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -389,14 +438,14 @@ def build(params: dict, root: Path = Path(".")) -> tuple[dict[Path, str | bytes]
     outputs, report = {}, []
     for kind in ("generation", "classification"):
         numeric, shown = results_table(grid, kind, records)
-        outputs[root / TABLES / f"{kind}.csv"] = numeric.to_csv(index=False)
-        outputs[root / TABLES / f"{kind}.md"] = table_markdown(grid, kind, shown)
+        outputs[root / grid.tables / f"{kind}.csv"] = numeric.to_csv(index=False)
+        outputs[root / grid.tables / f"{kind}.md"] = table_markdown(grid, kind, shown)
         report.append(f"{kind}: {len(numeric)} runs x {len(getattr(grid, kind))} tasks x {len(grid.seeds)} seeds "
-                      f"-> {TABLES / kind}.md, .csv")
+                      f"-> {grid.tables / kind}.md, .csv")
         for task in getattr(grid, kind):
             data = plot_data(grid, task, numeric)
-            outputs[root / PLOTS / f"{task}.csv"] = data.to_csv(index=False)
-            outputs[root / PLOTS / f"{task}.png"] = plot_png(data, task, grid.profile)
+            outputs[root / grid.plots / f"{task}.csv"] = data.to_csv(index=False)
+            outputs[root / grid.plots / f"{task}.png"] = plot_png(data, task, grid.profile)
             report.append(report_line(task, data, numeric))
     return outputs, report
 

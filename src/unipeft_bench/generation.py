@@ -16,3 +16,13 @@ def generate(model, tokenizer, dataset, batch_size: int = 32, **generation) -> l
         ids = model.generate(**batch, **generation)
         out += tokenizer.batch_decode(ids, skip_special_tokens=True)
     return [text.strip() for text in out]
+
+
+def decode_labels(tokenizer, labels) -> list[str]:
+    """References as the official scripts score them: the tokenized labels, i.e. the target truncated to the
+    evaluation target length, decoded like the predictions (run_summarization.py / run_translation.py decode
+    labels with skip_special_tokens; -100 marks padding)."""
+    import numpy as np
+
+    rows = [np.where(np.asarray(row) < 0, tokenizer.pad_token_id, row).tolist() for row in labels]
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]

@@ -7,16 +7,43 @@ import functools
 import numpy as np
 
 
+SENT_TOKENIZE = "nltk.sent_tokenize"  # what the official run_summarization.py splits with
+PUNKT_DEFAULTS = "PunktSentenceTokenizer() defaults"
+# The model nltk.sent_tokenize loads (nltk >= 3.8.2 reads punkt_tab; the older pickled 'punkt' it no longer reads).
+PUNKT_MODEL = "tokenizers/punkt_tab/english/"
+
+
+def punkt_model_installed() -> bool:
+    """Whether NLTK's English Punkt model is installed locally; never downloads it."""
+    import nltk
+
+    try:
+        nltk.data.find(PUNKT_MODEL)
+    except LookupError:
+        return False
+    return True
+
+
 @functools.cache
 def _sentence_splitter():
-    # Punkt with its default parameters needs no downloaded model, so it works offline (nltk.sent_tokenize does not).
+    """nltk.sent_tokenize, as the official script, where its trained Punkt model is installed; otherwise Punkt with
+    its default (untrained) parameters, which needs no download and differs on abbreviations."""
+    if punkt_model_installed():
+        import nltk
+
+        return SENT_TOKENIZE, nltk.sent_tokenize
     from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-    return PunktSentenceTokenizer()
+    return PUNKT_DEFAULTS, PunktSentenceTokenizer().tokenize
+
+
+def sentence_splitter() -> str:
+    """The name of the splitter ROUGE-Lsum uses here, for the metrics JSON."""
+    return _sentence_splitter()[0]
 
 
 def sentences(text: str) -> list[str]:
-    return _sentence_splitter().tokenize(text.strip())
+    return _sentence_splitter()[1](text.strip())
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:

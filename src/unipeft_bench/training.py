@@ -17,28 +17,80 @@ from .errors import DataError
 SELECTIONS = {"rouge2": True, "bleu": True, "accuracy": True, "loss": False}  # name → greater is better
 
 
+# Every key of params.yaml train.<profile>.<task> that a run reads, so that by_method can override any of them.
+TRAIN_KEYS = frozenset({
+    "steps", "epochs", "batch_size", "gradient_accumulation", "eval_batch_size", "group_by_length",
+    "max_tokens_per_batch", "batch_size_multiple", "learning_rate", "warmup", "label_smoothing", "max_grad_norm",
+    "weight_decay", "adam_beta2", "adam_epsilon", "fp16", "bf16", "model_config", "train_head", "eval_every",
+    "eval_examples", "select", "validation_generation", "log_every", "dataloader_workers"})
+# Per-run overrides: by_method.<method>.<key> (any train key), and the older learning-rate shorthands
+# learning_rate_by_method.<method> and learning_rate_by_run.<grid run name> (a run's own rate wins).
+OVERRIDES = ("by_method", "learning_rate_by_method", "learning_rate_by_run")
+MERGED = ("model_config", "validation_generation")  # mappings: an override sets some of their keys, not all
+
+
+def resolved_settings(settings: dict, run) -> dict:
+    """The task's train settings as this run uses them: its method's by_method entry over the task's settings,
+    then the learning-rate shorthands; the override tables themselves are gone. Idempotent."""
+    where = f"params.yaml train.{run.profile}.{run.task}"
+    out = {key: value for key, value in settings.items() if key not in OVERRIDES}
+    overrides = _method_overrides(settings.get("by_method") or {}, run.method, f"{where}.by_method")
+    for key, value in overrides.items():
+        out[key] = {**(out.get(key) or {}), **value} if key in MERGED and isinstance(value, dict) else value
+    by_method_rate = (settings.get("learning_rate_by_method") or {}).get(run.method)
+    if by_method_rate is not None and "learning_rate" in overrides:
+        raise DataError(f"{where}: the learning rate of {run.method!r} is given twice, in by_method and in "
+                        "learning_rate_by_method; keep one")
+    rate = (settings.get("learning_rate_by_run") or {}).get(run.name, by_method_rate)
+    if rate is not None:
+        out["learning_rate"] = rate
+    return out
+
+
+def _method_overrides(by_method: dict, method: str, where: str) -> dict:
+    from unipeft import preset_names
+
+    if not isinstance(by_method, dict):
+        raise DataError(f"{where}: expected a mapping of method → settings")
+    unknown_methods = sorted(set(by_method) - set(preset_names()))
+    if unknown_methods:
+        raise DataError(f"{where}.{unknown_methods[0]}: not a method preset (python -m unipeft presets)")
+    overrides = by_method.get(method) or {}
+    if not isinstance(overrides, dict):
+        raise DataError(f"{where}.{method}: expected a mapping of train settings")
+    unknown = sorted(set(overrides) - TRAIN_KEYS)
+    if unknown:
+        raise DataError(f"{where}.{method}.{unknown[0]}: not a train setting; expected one of "
+                        f"{', '.join(sorted(TRAIN_KEYS))}")
+    return overrides
+
+
 def learning_rate(settings: dict, run) -> float:
-    """The run's own rate (learning_rate_by_run, by grid run name), else its method's, else the task's."""
-    by_run, by_method = settings.get("learning_rate_by_run") or {}, settings.get("learning_rate_by_method") or {}
-    return float(by_run.get(run.name, by_method.get(run.method, settings["learning_rate"])))
+    """The run's own rate (learning_rate_by_run, by grid run name), else its method's (by_method or
+    learning_rate_by_method), else the task's."""
+    return float(resolved_settings(settings, run)["learning_rate"])
 
 
-def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
+def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int, batches_per_epoch: int | None = None):
+    """`batches_per_epoch`: how many batches token batching makes of the training set (None: sentence batches,
+    batch_size each); it decides how many steps an epoch is, and so a fractional warmup."""
     import torch
     from transformers import Seq2SeqTrainingArguments
 
+    settings = resolved_settings(settings, run)
     select = settings["select"]
     if select not in SELECTIONS:
         raise DataError(f"params.yaml train.{run.profile}.{run.task}.select: unknown {select!r}; "
                         f"expected one of {', '.join(SELECTIONS)}")
-    batch = settings["batch_size"] * settings.get("gradient_accumulation", 1)
+    accumulation = settings.get("gradient_accumulation", 1)
+    batches = batches_per_epoch or int(np.ceil(train_examples / settings["batch_size"]))
     by_epoch = "epochs" in settings
-    total_steps = (int(np.ceil(train_examples / batch)) * settings["epochs"] if by_epoch else settings["steps"])
+    total_steps = int(np.ceil(batches / accumulation)) * settings["epochs"] if by_epoch else settings["steps"]
     warmup = settings.get("warmup", 0)  # a fraction of the steps (GLUE: 6%) or a number of steps
     generation = settings.get("validation_generation", {}) if seq2seq else {}
     return Seq2SeqTrainingArguments(
         output_dir=str(run.checkpoint_dir), seed=run.seed, data_seed=run.seed,
-        learning_rate=learning_rate(settings, run), lr_scheduler_type="linear",
+        learning_rate=float(settings["learning_rate"]), lr_scheduler_type="linear",
         warmup_steps=int(round(warmup * total_steps)) if warmup < 1 else int(warmup),
         per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=settings["eval_batch_size"],
         gradient_accumulation_steps=settings.get("gradient_accumulation", 1),
@@ -62,10 +114,10 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int):
 def compute_metrics_for(metric: str, tokenizer):
     """Validation scores from Trainer's predictions: generated ids for ROUGE/BLEU, logits for accuracy."""
     from . import metrics
+    from .generation import decode_labels
 
-    def decode(ids):
-        ids = np.where(ids < 0, tokenizer.pad_token_id, ids)  # -100 marks padding in labels and predictions
-        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    def decode(ids):  # references are the (eval_target-truncated) labels, as in the evaluate stage
+        return decode_labels(tokenizer, ids)
 
     def compute(prediction) -> dict:
         predictions, labels = prediction.predictions, prediction.label_ids
