@@ -2,6 +2,8 @@
 
     python benchmarks/start_and_overfit.py [--steps 40] [--runs mh_pa:attn_bn=5@1e-3 pa:ffn_bn=16@5e-3 ...]
 
+Its output on this machine: benchmarks/results/start_and_overfit.txt.
+
 On the packaged MiniLM with a sentiment head (data/tokenized/sentiment, 16 training snippets): the mean
 per-token distance of the last hidden state from the frozen model's at initialisation (beside the norm of that
 state), then AdamW on the same 16 examples: the loss and the gradient norm of the trainable parameters at the
@@ -20,8 +22,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import unipeft
 from unipeft_bench.models import resolve
 
-DEFAULT_RUNS = ["pa:ffn_bn=16@5e-3", "lora:attn_bn=4@5e-3", "prefix:attn_bn=5@1e-3", "mh_pa:attn_bn=5@1e-3",
-                "mh_pa:attn_bn=5@1e-2", "mam:attn_bn=5,ffn_bn=16@5e-4"]
+# The MH PA forms (README, differences from the official code): the BART file's, the official mBART one with its
+# PyTorch-default prefix MLP, and the same with P_v = 0 at the start; then methods that train, for reference.
+DEFAULT_RUNS = ["mh_pa_bart:attn_bn=5@1e-3", "mh_pa:attn_bn=5@1e-3", "mh_pa:attn_bn=5@1e-2",
+                "mh_pa_lora_init:attn_bn=5@1e-3", "mh_pa_lora_init:attn_bn=5@1e-2", "mh_pa_lora_init:attn_bn=30@1e-3",
+                "pa:ffn_bn=16@5e-3", "prefix:attn_bn=5@1e-3"]
 
 
 def parse(text: str) -> tuple[str, dict, float]:

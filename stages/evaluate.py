@@ -122,7 +122,7 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
              for side in ("attn", "ffn")}
     sizes["scale"] = next((m.scale for m in attachment.method.modifications if m.composition == "scale"), None)
     report = {"task": run.task, "profile": run.profile, "run": run.name, "method": run.method, "seed": run.seed,
-              "model": run.model, "sizes": sizes, "scores": scores,
+              "model": run.model, "budget": run.budget, "sizes": sizes, "scores": scores,
               **({"scores_untruncated": untruncated} if untruncated is not None else {}),
               "params": attachment.counts().to_dict(), "training": json.loads(training_file.read_text()),
               "evaluation": {"split": "test", "examples": len(data["test"]),

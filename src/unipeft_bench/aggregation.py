@@ -56,7 +56,8 @@ METHOD_NAMES = {
     "prefix_direct": "Prefix, no MLP", "prefix_gated": "Prefix, gated form", "prefix_nogate": "Prefix −gating",
     "adapter": "Houlsby adapter", "adapter_pfeiffer": "Pfeiffer adapter", "sa_attn": "SA attn", "sa_ffn": "SA ffn",
     "lora": "LoRA", "lora_ffn": "LoRA ffn", "pa": "PA ffn", "pa_attn": "PA attn", "scaled_pa": "Scaled PA",
-    "scaled_pa_learned": "Scaled PA, learned s", "mh_pa": "MH PA", "mam": "MAM", "mam_glue": "MAM",
+    "scaled_pa_learned": "Scaled PA, learned s", "mh_pa": "MH PA", "mh_pa_lora_init": "MH PA, P_v = 0 at start",
+    "mh_pa_bart": "MH PA, BART-file form", "mam": "MAM", "mam_glue": "MAM",
     "pa_attn_ffn": "PA attn + PA ffn", "prefix_lora_ffn": "Prefix + LoRA ffn",
 }
 
