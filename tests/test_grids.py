@@ -75,7 +75,7 @@ def test_params_yaml_is_the_composition_of_conf_with_its_defaults():
 
 
 def test_every_table_and_figure_of_the_paper_has_a_grid():
-    assert set(GRIDS) == {"default", *PAPER_GRIDS}
+    assert set(GRIDS) == {"default", "evidence", *PAPER_GRIDS}  # evidence: the runs of findings.yaml's claims
 
 
 def test_conf_and_params_yaml_stay_within_80_columns():
@@ -148,10 +148,11 @@ def test_in_the_real_profile_each_run_is_a_row_of_the_paper(name):
             assert entry["source"] == grid["paper"], (*point, entry["source"])
 
 
-@pytest.mark.parametrize("name", ["table4", "table2"])
+@pytest.mark.parametrize("name", ["table4", "table2", "evidence"])
 def test_dvc_expands_the_matrix_stages_to_the_grids_runs(name, tmp_path):
     """dvc.yaml's matrix stages, as DVC resolves them against the grid's composition (what `dvc exp run -S
-    grid=<name>` gives); table2 has no generation task, so its generation matrices are empty."""
+    grid=<name>` gives); table2 has no generation task, so its generation matrices are empty;
+    evidence composes its task lists per profile."""
     params = composed(f"grid={name}")
     (tmp_path / "dvc.yaml").write_bytes((ROOT / "dvc.yaml").read_bytes())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

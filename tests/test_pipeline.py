@@ -88,7 +88,7 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_then_one_experiment_then_metrics_diff(repo):
     out = dvc(repo, "repro")
     for stage in ("backbone", "train_generation@summarization-mam-small-7", "evaluate_classification@sentiment-full-7",
-                  "aggregate", "exp_evaluate"):
+                  "aggregate", "findings", "exp_evaluate"):
         assert f"Running stage '{stage}'" in out
 
     run = json.loads((repo / "metrics/summarization/mam-small-seed7.json").read_text())
@@ -105,6 +105,9 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
     assert "MAM (l=5, r=16, s=4)" in table and "Full fine-tuning" in table and "translation BLEU" in table
     assert (repo / "results/plots/sentiment.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((repo / "experiment/metrics.json").read_text())["method"] == "mam"
+    # the default grid has none of the claims' runs (conf/grid/evidence.yaml has them)
+    assert json.loads((repo / "results/findings.json").read_text())["counts"]["not_run_in_this_grid"] >= 10
+    assert "not run in this grid" in (repo / "results/findings.md").read_text()
 
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "baseline")
