@@ -22,8 +22,8 @@ from unipeft_bench import io
 from unipeft_bench.errors import DataError
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
-from unipeft_bench.training import (compute_metrics_for, peak_memory_mb, resolved_settings, resume_point,
-                                    training_arguments)
+from unipeft_bench.training import (compute_metrics_for, early_stopping, peak_memory_mb, resolved_settings,
+                                    resume_point, training_arguments)
 
 
 def method_for(run: Run, settings: dict):
@@ -101,7 +101,8 @@ def train(run: Run, settings: dict) -> dict:
     with Live(str(run.live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_set,
                                 eval_dataset=validation.select_columns(columns),
-                                processing_class=tokenizer, callbacks=[DVCLiveCallback(live=live)],
+                                processing_class=tokenizer,
+                                callbacks=[DVCLiveCallback(live=live), *early_stopping(settings, run)],
                                 compute_metrics=None if settings["select"] == "loss" else
                                 compute_metrics_for(task.metric, tokenizer))
         if torch.cuda.is_available():
@@ -110,7 +111,9 @@ def train(run: Run, settings: dict) -> dict:
         trainer.train(resume_from_checkpoint=resume_point(run.checkpoint_dir, run.fingerprint(settings)))
         seconds = time.perf_counter() - started
     state = trainer.state
-    report = {"steps": state.global_step, "seconds": round(seconds, 1), "best_step": _best_step(state),
+    report = {"steps": state.global_step, "max_steps": state.max_steps,
+              "stopped_early": state.global_step < state.max_steps, "seconds": round(seconds, 1),
+              "best_step": _best_step(state),
               "best_metric": {"name": args.metric_for_best_model, "value": state.best_metric},
               "peak_memory_mb": peak_memory_mb(), "device": str(args.device),
               "precision": "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32",

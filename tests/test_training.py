@@ -198,3 +198,22 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_p
     assert resumed.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name], tensor, msg=name)
+
+
+def test_early_stopping_ends_a_run_whose_validation_score_stops_improving(sentiment_project):
+    """With a learning rate of 0 the validation loss never improves: patience 1 stops at the second evaluation."""
+    from train import train
+
+    settings = {"steps": 12, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "eval_examples": 8,
+                "learning_rate": 0.0, "warmup": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "select": "loss",
+                "early_stopping_patience": 1}
+    report = train(Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=3, model="minilm"), settings)
+    assert (report["steps"], report["max_steps"], report["stopped_early"], report["best_step"]) == (4, 12, True, 2)
+
+
+@pytest.mark.parametrize("patience", [0, -1, 1.5, "2", True])
+def test_a_bad_early_stopping_patience_is_one_line(patience):
+    from unipeft_bench.training import early_stopping
+
+    with pytest.raises(DataError, match="early_stopping_patience: expected a positive number"):
+        early_stopping({"early_stopping_patience": patience}, Run("sentiment", "x", "lora"))

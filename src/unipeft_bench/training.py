@@ -22,7 +22,7 @@ TRAIN_KEYS = frozenset({
     "steps", "epochs", "batch_size", "gradient_accumulation", "eval_batch_size", "group_by_length",
     "max_tokens_per_batch", "batch_size_multiple", "learning_rate", "warmup", "label_smoothing", "max_grad_norm",
     "weight_decay", "adam_beta2", "adam_epsilon", "fp16", "bf16", "model_config", "train_head", "eval_every",
-    "eval_examples", "select", "validation_generation", "log_every", "dataloader_workers"})
+    "eval_examples", "select", "validation_generation", "log_every", "dataloader_workers", "early_stopping_patience"})
 # Per-run overrides: by_method.<method>.<key> (any train key), and the older learning-rate shorthands
 # learning_rate_by_method.<method> and learning_rate_by_run.<grid run name> (a run's own rate wins).
 OVERRIDES = ("by_method", "learning_rate_by_method", "learning_rate_by_run")
@@ -109,6 +109,21 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int, 
         train_sampling_strategy="group_by_length" if settings.get("group_by_length") else "random",
         report_to="none", dataloader_pin_memory=torch.cuda.is_available(),
         dataloader_num_workers=settings.get("dataloader_workers", 0))
+
+
+def early_stopping(settings: dict, run) -> list:
+    """Stop a run once its validation score (the `select` metric) has not improved for `early_stopping_patience`
+    evaluations in a row; the best checkpoint is then loaded, as at any end (load_best_model_at_end). None set:
+    the run trains for all its steps."""
+    patience = settings.get("early_stopping_patience")
+    if patience is None:
+        return []
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+        raise DataError(f"params.yaml train.{run.profile}.{run.task}.early_stopping_patience: expected a positive "
+                        f"number of evaluations, got {patience!r}")
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=patience)]
 
 
 def compute_metrics_for(metric: str, tokenizer):
