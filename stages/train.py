@@ -15,15 +15,16 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from unipeft_bench import io
 from unipeft_bench.errors import DataError
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
-from unipeft_bench.training import (compute_metrics_for, early_stopping, peak_memory_mb, resolved_settings,
-                                    resume_point, training_arguments)
+from unipeft_bench.models import resolve as resolve_model
+from unipeft_bench.training import (check_settings, compute_metrics_for, early_stopping, inputs_identity,
+                                    peak_memory_mb, resolved_settings, resume_point, training_arguments,
+                                    training_clock)
 
 
 def method_for(run: Run, settings: dict):
@@ -67,7 +68,8 @@ def train(run: Run, settings: dict) -> dict:
                               Trainer, set_seed)
     from transformers.integrations import DVCLiveCallback
 
-    settings = resolved_settings(settings, run)  # by_method and the rate tables applied: what this run trains with
+    # by_method and the rate tables applied: what this run trains with, refused here before anything is written
+    settings = check_settings(resolved_settings(settings, run), run)
     task = get_task(run.task)
     data_dir = Path("data/tokenized") / run.task
     if not (data_dir / "dataset_dict.json").is_file():
@@ -98,18 +100,20 @@ def train(run: Run, settings: dict) -> dict:
         from unipeft_bench.token_batching import token_batching_trainer
 
         trainer_class = token_batching_trainer(trainer_class, sampler)
+    fingerprint = run.fingerprint({**settings, "inputs": inputs_identity(data_dir, resolve_model(run.model))})
     with Live(str(run.live_dir), dvcyaml=None, save_dvc_exp=False) as live:
+        resume_from = resume_point(run.checkpoint_dir, fingerprint)
+        clock = training_clock(resume_from)  # counts the interrupted parts too
         trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_set,
                                 eval_dataset=validation.select_columns(columns),
                                 processing_class=tokenizer,
-                                callbacks=[DVCLiveCallback(live=live), *early_stopping(settings, run)],
+                                callbacks=[DVCLiveCallback(live=live), clock, *early_stopping(settings, run)],
                                 compute_metrics=None if settings["select"] == "loss" else
                                 compute_metrics_for(task.metric, tokenizer))
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume_point(run.checkpoint_dir, run.fingerprint(settings)))
-        seconds = time.perf_counter() - started
+        trainer.train(resume_from_checkpoint=resume_from)
+        seconds = clock.seconds
     state = trainer.state
     report = {"steps": state.global_step, "max_steps": state.max_steps,
               "stopped_early": state.global_step < state.max_steps, "seconds": round(seconds, 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -39,7 +40,12 @@ def atomic_directory(final: str | os.PathLike):
     """Yield a staging directory that replaces `final` only if the block finishes without error."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    prefix = f".{final.name}.staging-"
+    # A process killed while staging leaves its folder behind; one output is written by one stage at a time, so
+    # any staging folder of this target is such a leftover.
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=prefix))
     staging.chmod(0o755)  # mkdtemp makes it private; the output should have ordinary permissions
     try:
         yield staging

@@ -3,10 +3,12 @@ validation metrics for checkpoint selection, resuming an interrupted run, peak m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,52 @@ def _method_overrides(by_method: dict, method: str, where: str) -> dict:
     return overrides
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number_at_least_0(value) -> bool:  # a YAML `1e-3` (no dot) is a string, refused here rather than in the Trainer
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+# key → (what the value must be, how the refusal says it); checked wherever the key is present.
+SETTING_RULES = {
+    "steps": (_positive_int, "a positive number of steps"),
+    "epochs": (_positive_int, "a positive number of epochs"),
+    "eval_every": (_positive_int, "a positive number of steps"),
+    "batch_size": (_positive_int, "a positive number of examples"),
+    "eval_batch_size": (_positive_int, "a positive number of examples"),
+    "eval_examples": (_positive_int, "a positive number of examples"),
+    "gradient_accumulation": (_positive_int, "a positive number of batches"),
+    "log_every": (_positive_int, "a positive number of steps"),
+    "learning_rate": (_number_at_least_0, "a number ≥ 0 (YAML reads 1e-3 as text: write 1.0e-3)"),
+    "warmup": (_number_at_least_0, "a number ≥ 0 (a fraction of the steps, or a number of steps)"),
+    "weight_decay": (_number_at_least_0, "a number ≥ 0"),
+    "max_grad_norm": (_number_at_least_0, "a number ≥ 0"),
+}
+REQUIRED_KEYS = ("select", "learning_rate", "batch_size", "eval_batch_size", "eval_examples", "weight_decay",
+                 "max_grad_norm")
+
+
+def check_settings(settings: dict, run) -> dict:
+    """The resolved settings, refused in one line naming the key before anything is written: a missing key, or a
+    value the Trainer would take in another sense (steps 0 trains one step, steps -1 trains three epochs)."""
+    where = f"params.yaml train.{run.profile}.{run.task}"
+    for key in REQUIRED_KEYS:
+        if key not in settings:
+            raise DataError(f"{where}: missing key {key!r}")
+    if "steps" not in settings and "epochs" not in settings:
+        raise DataError(f"{where}: missing key 'steps' (or 'epochs')")
+    if "steps" in settings and "epochs" in settings:
+        raise DataError(f"{where}: 'steps' and 'epochs' both given; keep one")
+    if "steps" in settings and "eval_every" not in settings:
+        raise DataError(f"{where}: missing key 'eval_every' (steps between evaluations)")
+    for key, (valid, expected) in SETTING_RULES.items():
+        if key in settings and not valid(settings[key]):
+            raise DataError(f"{where}.{key}: expected {expected}, got {settings[key]!r}")
+    return settings
+
+
 def learning_rate(settings: dict, run) -> float:
     """The run's own rate (learning_rate_by_run, by grid run name), else its method's (by_method or
     learning_rate_by_method), else the task's."""
@@ -77,7 +125,7 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int, 
     import torch
     from transformers import Seq2SeqTrainingArguments
 
-    settings = resolved_settings(settings, run)
+    settings = check_settings(resolved_settings(settings, run), run)
     select = settings["select"]
     if select not in SELECTIONS:
         raise DataError(f"params.yaml train.{run.profile}.{run.task}.select: unknown {select!r}; "
@@ -146,24 +194,95 @@ def compute_metrics_for(metric: str, tokenizer):
     return compute
 
 
-def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
-    """The last checkpoint of an interrupted run of the same configuration; anything else there is cleared.
-    Under torchrun / accelerate every process asks, and only the main one (RANK 0) clears and marks."""
-    from transformers.trainer_utils import get_last_checkpoint
+TRAINER_STATE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME, without importing the Trainer
 
+
+def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
+    """The last complete checkpoint of an interrupted run of the same configuration; anything else there is
+    cleared, incomplete checkpoints included (a process killed while saving one would otherwise wedge every later
+    run: Trainer refuses to resume from it). Under torchrun / accelerate every process asks, and only the main one
+    (RANK 0) clears and marks."""
     marker = checkpoint_dir / "run.json"
     if checkpoint_dir.is_dir():
         same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
-        last = get_last_checkpoint(str(checkpoint_dir)) if same else None
-        if last:
-            print(f"resuming from {last}")
-            return last
+        complete, incomplete = _checkpoints(checkpoint_dir) if same else ([], [])
+        if main_process():
+            for checkpoint in incomplete:
+                print(f"removing {checkpoint}: its save was interrupted")
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        if complete:
+            print(f"resuming from {complete[-1]}")
+            return str(complete[-1])
         if main_process():
             shutil.rmtree(checkpoint_dir)
     if main_process():
         checkpoint_dir.mkdir(parents=True)
         marker.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     return None
+
+
+def _checkpoints(checkpoint_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The checkpoint-N directories, complete and incomplete, by step. Trainer._save_checkpoint writes
+    trainer_state.json last (after the weights, optimizer, scheduler and RNG states), so a checkpoint is complete
+    once that file exists and reads as JSON (not cut short by a kill while being written)."""
+
+    def step(path: Path) -> int:
+        return int(path.name.rsplit("-", 1)[1])
+
+    checkpoints = sorted((path for path in checkpoint_dir.glob("checkpoint-*")
+                          if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()), key=step)
+    complete = [path for path in checkpoints if _reads_as_json(path / TRAINER_STATE)]
+    return complete, [path for path in checkpoints if path not in complete]
+
+
+def _reads_as_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def training_clock(resumed_from: str | None):
+    """A callback whose `seconds` is the training time across interruptions: the seconds trained before the
+    checkpoint `resumed_from` plus those since the clock was made. Trainer saves a callback's state() in each
+    checkpoint's trainer_state.json, written with the checkpoint and so always the time up to that checkpoint."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class TrainingClock(TrainerCallback, ExportableState):
+        def __init__(self, earlier_seconds: float = 0.0):
+            self.earlier_seconds = earlier_seconds
+            self.started = time.perf_counter()
+
+        @property
+        def seconds(self) -> float:
+            return self.earlier_seconds + time.perf_counter() - self.started
+
+        def state(self) -> dict:  # as arguments: from_state(state) makes a clock that goes on from here
+            return {"args": {"earlier_seconds": self.seconds}, "attributes": {}}
+
+    earlier = 0.0
+    if resumed_from:
+        saved = json.loads((Path(resumed_from) / TRAINER_STATE).read_text()).get("stateful_callbacks") or {}
+        earlier = (saved.get(TrainingClock.__name__) or {}).get("args", {}).get("earlier_seconds", 0.0)
+    return TrainingClock(earlier)
+
+
+def inputs_identity(data_dir: Path, model: str) -> dict:
+    """What a run trains on, for its checkpoint fingerprint, so that a rerun on other data or another base model
+    starts over instead of resuming: the tokenized data's metadata (datasets' save_to_disk writes a fingerprint of
+    each split's content and transformations into its state.json) with its files' sizes, and the base model's
+    config.json (its name where it is a Hub name: no download for this)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(data_dir).as_posix()
+        digest.update(f"{relative}\0{path.stat().st_size}\0".encode())
+        if path.suffix == ".json":  # metadata and the tokenizer: small, unlike the data files
+            digest.update(path.read_bytes())
+    config = Path(model) / "config.json"
+    return {"data": digest.hexdigest()[:16],
+            "model": config.read_text() if config.is_file() else model}
 
 
 def main_process() -> bool:
