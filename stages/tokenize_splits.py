@@ -4,7 +4,9 @@
     python stages/tokenize_splits.py <task>
 
 Reads tokenize.<profile> from params.yaml: the tokenizer, max lengths and (offline) how many examples per split.
-Writes data/tokenized/<task>/ and metrics/data/<task>_tokens.json, or nothing on an error.
+Writes data/tokenized/<task>/ and metrics/data/<task>_tokens.json, or nothing on an error: a data/<task>/*.jsonl
+line that is not a JSON record, a record without the task's fields or with a label outside its classes, an empty or
+missing split, or a `limit` that would leave a split empty is refused in one line naming the file or key.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from unipeft_bench import io
 from unipeft_bench.errors import DataError
 from unipeft_bench.models import offline_environment, resolve
-from unipeft_bench.tasks import task as get_task
+from unipeft_bench.tasks import SPLITS, check_records, task as get_task
 from unipeft_bench.tokenization import encode_classification, encode_seq2seq, subsample, token_stats
 
 
@@ -29,6 +31,18 @@ def lengths(kind: str, options: dict) -> dict:
             "eval_target": options.get("eval_target", options["target"])}
 
 
+def limits(options: dict, where: str) -> dict:
+    """tokenize.<profile>.<task>.limit: at most this many examples per split; 0 would leave a split empty."""
+    limit = options.get("limit") or {}
+    if not isinstance(limit, dict):
+        raise DataError(f"params.yaml: {where}.limit must be a mapping split → count, got {limit!r}")
+    for split, count in limit.items():
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise DataError(f"params.yaml: {where}.limit.{split} must be a positive integer (or null for all), "
+                            f"got {count!r}; an empty split cannot be trained or evaluated on")
+    return limit
+
+
 def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     task = get_task(task_name)
     profile = io.need(params, "profile")
@@ -36,19 +50,26 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
         offline_environment()
     settings = io.need(params, f"tokenize.{profile}")
     options = io.need(settings, task_name, f"params.yaml tokenize.{profile}")
+    limit = limits(options, f"tokenize.{profile}.{task_name}")
     tokenizer_name = settings["tokenizer"]
     tokenizer_name = tokenizer_name[task_name] if isinstance(tokenizer_name, dict) else tokenizer_name
+    folder = root / "data" / task_name
+    splits = sorted(p.stem for p in folder.glob("*.jsonl"))
+    missing = [s for s in SPLITS if s not in splits]
+    if missing:
+        raise DataError(f"{folder}: no {', '.join(f'{s}.jsonl' for s in missing)}; run the prepare stage")
+    prepared = {}
+    for split in splits:  # all of it checked before the tokenizer loads
+        path = folder / f"{split}.jsonl"
+        records = io.read_jsonl(path)
+        check_records(task, records, str(path))
+        prepared[split] = subsample(records, limit.get(split), options.get("seed", 0))
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_name), **options.get("tokenizer_kwargs", {}))
-    splits = sorted(p.stem for p in (root / "data" / task_name).glob("*.jsonl"))
-    if not splits:
-        raise DataError(f"{root / 'data' / task_name}: no splits; run the prepare stage")
     datasets, report = {}, {}
-    for split in splits:
-        records = subsample(io.read_jsonl(root / "data" / task_name / f"{split}.jsonl"),
-                            options.get("limit", {}).get(split), options.get("seed", 0))
+    for split, records in prepared.items():
         if task.kind == "seq2seq":
             target = options["target"] if split == "train" else options.get("eval_target", options["target"])
             encoded = encode_seq2seq(tokenizer, records, options["source"], target)

@@ -22,9 +22,9 @@ from unipeft_bench.errors import DataError
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.models import resolve as resolve_model
-from unipeft_bench.training import (check_settings, compute_metrics_for, early_stopping, inputs_identity,
-                                    peak_memory_mb, resolved_settings, resume_point, training_arguments,
-                                    training_clock)
+from unipeft_bench.training import (check_settings, compute_metrics_for, divergence_guard, early_stopping,
+                                    inputs_identity, peak_memory_mb, resolved_settings, resumable_trainer,
+                                    resume_point, training_arguments, training_clock)
 
 
 def method_for(run: Run, settings: dict):
@@ -95,7 +95,7 @@ def train(run: Run, settings: dict) -> dict:
         collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     else:
         collator = DataCollatorWithPadding(tokenizer)
-    trainer_class = Seq2SeqTrainer if seq2seq else Trainer
+    trainer_class = resumable_trainer(Seq2SeqTrainer if seq2seq else Trainer)
     if sampler is not None:
         from unipeft_bench.token_batching import token_batching_trainer
 
@@ -107,7 +107,8 @@ def train(run: Run, settings: dict) -> dict:
         trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_set,
                                 eval_dataset=validation.select_columns(columns),
                                 processing_class=tokenizer,
-                                callbacks=[DVCLiveCallback(live=live), clock, *early_stopping(settings, run)],
+                                callbacks=[DVCLiveCallback(live=live), clock, divergence_guard(),
+                                           *early_stopping(settings, run)],
                                 compute_metrics=None if settings["select"] == "loss" else
                                 compute_metrics_for(task.metric, tokenizer))
         if torch.cuda.is_available():

@@ -150,3 +150,68 @@ def test_a_failed_attach_leaves_the_model_untouched():
     assert not model._forward_hooks and all(not m._forward_hooks and not m._forward_pre_hooks
                                             for m in model.modules())
     unipeft.attach(model, "lora")  # and it can still take a method
+
+
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _bad_header(path):
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"\xff\x00{not json!!"
+    path.write_bytes(bytes(data))
+
+
+def _latin1(path):
+    path.write_bytes(path.read_text().replace('"unipeft"', '"unip\u00e9ft"', 1).encode("latin-1"))
+
+
+def _no_fingerprint(path):
+    config = json.loads(path.read_text())
+    del config["base_model"]["fingerprint"]
+    path.write_text(json.dumps(config))
+
+
+def _a_list(path):
+    path.write_text(json.dumps([json.loads(path.read_text())]))
+
+
+BROKEN_FILES = [  # (file, how it is broken)
+    ("adapter_model.safetensors", _cut_short),
+    ("adapter_model.safetensors", _empty),
+    ("adapter_model.safetensors", _bad_header),
+    ("adapter_config.json", _latin1),
+    ("adapter_config.json", _no_fingerprint),
+    ("adapter_config.json", _a_list),
+]
+
+
+@pytest.mark.parametrize("name,breaks", BROKEN_FILES, ids=[b[1].__name__.strip("_") for b in BROKEN_FILES])
+def test_a_broken_adapter_file_is_one_line_naming_it(tmp_path, name, breaks):
+    unipeft.attach(build("bart"), "mam", attn_bn=4, ffn_bn=8).save(tmp_path)
+    breaks(tmp_path / name)
+    with pytest.raises(unipeft.ConfigError) as info:
+        unipeft.load(build("bart"), tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / name) + ":"), message
+
+
+def test_a_pickle_disguised_as_the_weights_is_refused_and_never_runs(tmp_path):
+    import os
+    import pickle
+
+    unipeft.attach(build("bart"), "mam", attn_bn=4, ffn_bn=8).save(tmp_path)
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(unipeft.ConfigError, match=r"adapter_model\.safetensors: not a readable safetensors file"):
+        unipeft.load(build("bart"), tmp_path)
+    assert not marker.exists()

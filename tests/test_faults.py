@@ -165,3 +165,25 @@ def test_the_inputs_identity_changes_with_the_data_and_the_base_model(tmp_path):
     (data / "train" / "state.json").write_text('{"_fingerprint": "b"}')
     assert inputs_identity(data, str(model))["data"] != before["data"]
     assert inputs_identity(data, "roberta-base")["model"] == "roberta-base"  # a Hub name: no download
+
+
+
+@pytest.mark.parametrize("log_every", [1, 10])  # 10: no log before the end but train_loss
+def test_a_diverging_run_stops_in_one_line_and_writes_nothing(sentiment_project, monkeypatch, log_every):
+    """A loss that turns NaN at step 2 (as a far too high learning rate makes it): Trainer would log it as the mean
+    of the earlier losses, train on and save NaN weights that score chance. Here the run stops, writing nothing."""
+    from transformers import Trainer
+
+    from train import train
+
+    step = Trainer.training_step
+
+    def nan_at_step_2(self, *args, **kwargs):
+        loss = step(self, *args, **kwargs)
+        return loss * float("nan") if self.state.global_step == 2 else loss
+
+    monkeypatch.setattr(Trainer, "training_step", nan_at_step_2)
+    with pytest.raises(DataError, match=r"^training diverged at step \d+: (loss|train_loss) is nan") as err:
+        train(RUN, {**SETTINGS, "log_every": log_every})
+    assert "\n" not in str(err.value) and (log_every > 1 or "at step 3: loss" in str(err.value))
+    assert not (sentiment_project / "runs").exists() and not RUN.metrics_path.exists()  # no adapter, no score

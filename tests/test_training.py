@@ -159,45 +159,62 @@ def sentiment_project(tmp_path, monkeypatch):
 
 
 def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_project, monkeypatch):
+    """Killed in its second epoch (6 batches an epoch) with group_by_length (the offline default), a run resumes
+    from checkpoint-8 on the very batches of the uninterrupted run and ends with bit-identical weights."""
     import torch
     from safetensors.torch import load_file
     from transformers import Trainer
 
     from train import train
 
-    settings = {"steps": 4, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "eval_examples": 8,
-                "learning_rate": 1e-3, "warmup": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "select": "accuracy"}
+    settings = {"steps": 10, "batch_size": 4, "eval_batch_size": 8, "eval_every": 4, "eval_examples": 8,
+                "learning_rate": 1e-3, "warmup": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "select": "loss",
+                "group_by_length": True}
     run = Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=3, model="minilm")
-    train(run, settings)
+    step, batches, last_step = Trainer.training_step, {}, []
+    load_best = Trainer._load_best_model
+
+    def keep_last_step(self):  # the trained weights at step 10, before the best checkpoint replaces them
+        last_step.append({n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad})
+        return load_best(self)
+
+    monkeypatch.setattr(Trainer, "_load_best_model", keep_last_step)
+
+    def record(self, model, inputs, *args, **kwargs):  # the batch each step trains on
+        batches.setdefault(self.state.global_step, inputs["input_ids"].tolist())
+        return step(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", record)
+    uninterrupted_report = train(run, settings)
     weights = run.adapter_dir / "adapter_model.safetensors"
-    uninterrupted = load_file(weights)
+    uninterrupted, uninterrupted_batches = load_file(weights), dict(batches)
     weights.unlink()
+    batches.clear()
 
-    step = Trainer.training_step
-
-    def crash_at_step_3(self, *args, **kwargs):
-        if self.state.global_step == 3:
+    def crash_at_step_9(self, *args, **kwargs):
+        if self.state.global_step == 9:
             raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
+        return record(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "training_step", crash_at_step_3)
+    monkeypatch.setattr(Trainer, "training_step", crash_at_step_9)
     with pytest.raises(KeyboardInterrupt):
         train(run, settings)
-    assert (run.checkpoint_dir / "checkpoint-2").is_dir() and not weights.exists()
-    steps_taken = []
-
-    def count(self, *args, **kwargs):
-        steps_taken.append(self.state.global_step)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "training_step", count)
+    assert (run.checkpoint_dir / "checkpoint-8").is_dir() and not weights.exists()
+    batches.clear()
+    monkeypatch.setattr(Trainer, "training_step", record)
     report = train(run, settings)
-    assert steps_taken == [2, 3]  # resumed from checkpoint-2, not started over
-    assert report["steps"] == 4 and not run.checkpoint_dir.exists()  # cleaned up once finished
+    assert sorted(batches) == [8, 9]  # resumed from checkpoint-8, not started over
+    assert all(batches[s] == uninterrupted_batches[s] for s in batches)  # the same batches as uninterrupted
+    assert report["steps"] == 10 and not run.checkpoint_dir.exists()  # cleaned up once finished
+    assert report["best_step"] == uninterrupted_report["best_step"]
     resumed = load_file(weights)
     assert resumed.keys() == uninterrupted.keys()
-    for name, tensor in uninterrupted.items():
-        torch.testing.assert_close(resumed[name], tensor, msg=name)
+    for name, tensor in uninterrupted.items():  # the adapter saved (the best checkpoint's)
+        assert torch.equal(resumed[name], tensor), name
+    uninterrupted_last, resumed_last = last_step[0], last_step[-1]  # and the weights after the last step
+    assert len(last_step) == 2 and resumed_last.keys() == uninterrupted_last.keys()
+    for name, tensor in uninterrupted_last.items():
+        assert torch.equal(resumed_last[name], tensor), name
 
 
 def test_early_stopping_ends_a_run_whose_validation_score_stops_improving(sentiment_project):

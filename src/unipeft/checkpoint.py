@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -51,11 +52,17 @@ def read_config(directory: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: not found; an adapter directory holds {CONFIG} and {WEIGHTS}")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
-    if config.get("library") != "unipeft" or "method" not in config or "base_model" not in config:
+    if (not isinstance(config, dict) or config.get("library") != "unipeft"
+            or not isinstance(config.get("method"), dict) or not isinstance(config.get("base_model"), dict)):
         raise ConfigError(f"{path}: not a unipeft adapter config (needs library, method, base_model)")
+    missing = [key for key in ("model_type", "fingerprint") if key not in config["base_model"]]
+    if missing:
+        raise ConfigError(f"{path}: base_model has no {missing[0]!r}")
     return config
 
 
@@ -73,7 +80,11 @@ def load(model: nn.Module, directory: str | os.PathLike) -> Attachment:
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise ConfigError(f"{weights}: not found")
-    state = load_file(str(weights))
+    try:  # safetensors never unpickles: a pickle under this name is refused as a bad header, its payload unrun
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError(f"{weights}: not a readable safetensors file ({reason})") from None
     attachment = attach(model, Method.from_dict(config["method"]))
     wanted = attachment.state_dict(fold=False)
     problems = ([f"missing {k}" for k in wanted if k not in state] + [f"unexpected {k}" for k in state if k not in wanted]

@@ -76,10 +76,25 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object a line; a line that is not one (truncated, blank, not UTF-8) is a DataError naming it."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found; run the prepare stage")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    records = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                record = json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{number}: not UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") \
+                    from None
+            except json.JSONDecodeError as err:
+                what = "blank line" if not raw.strip() else f"{err.msg}, column {err.colno}"
+                raise DataError(f"{path}:{number}: not a JSON record ({what})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: not a JSON object (a {type(record).__name__})")
+            records.append(record)
+    return records
 
 
 def run_task_stage(script: str, stage, argv: list[str]) -> int:

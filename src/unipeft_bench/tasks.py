@@ -153,14 +153,31 @@ def load_offline(task: Task, assets: Path, options: dict) -> dict[str, list[dict
     return split_by_group(records, seed, options["validation_fraction"], options["test_fraction"])
 
 
+def check_records(task: Task, records: list[dict], where: str) -> None:
+    """Every record has the task's fields, text where text belongs and (classification) a label of the task's."""
+    if not records:
+        raise DataError(f"{where}: empty split (no records)")
+    texts = ("source", "target") if task.kind == "seq2seq" else ("text",)
+    for number, record in enumerate(records, start=1):
+        name = f"{where}: record {number} (id {record.get('id')!r})"
+        missing = [f for f in task.fields if f not in record]
+        if missing:
+            raise DataError(f"{name} lacks field(s) {missing}; has {sorted(record)}")
+        wrong = [f for f in texts if not isinstance(record[f], str)]
+        if task.kind == "classification" and not isinstance(record["text_pair"], (str, type(None))):
+            wrong.append("text_pair")
+        if wrong:
+            raise DataError(f"{name}: field(s) {wrong} must be text")
+        if task.kind == "classification":
+            label = record["label"]
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < task.num_labels:
+                raise DataError(f"{name} has label {label!r}, not one of the task's classes "
+                                f"0..{task.num_labels - 1}")
+
+
 def check_schema(task: Task, splits: dict[str, list[dict]], origin: str) -> None:
     for split in SPLITS:
         if not splits.get(split):
             raise DataError(f"{origin}: split {split!r} is empty")
-        for record in splits[split]:
-            missing = [f for f in task.fields if f not in record]
-            if missing:
-                raise DataError(f"{origin}: split {split!r} record {record.get('id')!r} lacks field(s) {missing}")
-            if task.kind == "classification" and not 0 <= record["label"] < task.num_labels:
-                raise DataError(f"{origin}: split {split!r} record {record['id']!r} has label {record['label']!r}, "
-                                f"outside 0..{task.num_labels - 1}")
+    for split, records in splits.items():
+        check_records(task, records, f"{origin}: split {split!r}")

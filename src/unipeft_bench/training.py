@@ -150,7 +150,9 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int, 
         use_cpu=settings.get("bf16", False) and not torch.cuda.is_available(),  # Trainer's condition for CPU bf16
         eval_strategy="epoch" if by_epoch else "steps", save_strategy="epoch" if by_epoch else "steps",
         eval_steps=None if by_epoch else settings["eval_every"], save_steps=None if by_epoch else settings["eval_every"],
-        logging_steps=settings.get("log_every", 10), save_total_limit=2, load_best_model_at_end=True,
+        logging_steps=settings.get("log_every", 10),
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN, not as the mean of earlier ones: divergence_guard
+        save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model=select, greater_is_better=SELECTIONS[select],
         predict_with_generate=seq2seq and select != "loss", generation_num_beams=generation.get("num_beams"),
         generation_max_length=generation.get("max_length"),
@@ -172,6 +174,61 @@ def early_stopping(settings: dict, run) -> list:
     from transformers import EarlyStoppingCallback
 
     return [EarlyStoppingCallback(early_stopping_patience=patience)]
+
+
+def resumable_trainer(trainer_class):
+    """`trainer_class` whose group_by_length sampler orders each epoch by (data_seed, epoch) alone, so that a
+    resumed run sees the batches of the uninterrupted one. Why an override: Trainer._get_train_sampler builds
+    LengthGroupedSampler without a generator, so each epoch's order comes from the global torch RNG at the moment
+    the epoch starts; an uninterrupted run reaches epoch k with the RNG as k epochs of dropout left it, but a run
+    resumed inside epoch k draws that epoch's order from the RNG as it is right after setup (Trainer restores the
+    checkpoint's RNG state only after skipping the trained batches), so it trains on other batches. (The random
+    strategy does not have this problem: accelerate swaps its RandomSampler for a seedable one.)"""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, batch_size: int, lengths: list[int], seed: int):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:  # Trainer calls it (through the dataloader) before each epoch
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return super().__iter__()
+
+    class ResumableTrainer(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler and sampler.generator is None:
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+            return sampler
+
+    ResumableTrainer.__name__ = ResumableTrainer.__qualname__ = trainer_class.__name__
+    return ResumableTrainer
+
+
+def divergence_guard():
+    """A callback that stops a run whose training loss or gradient norm is NaN or infinite, in one line naming the
+    step and the value, before anything is saved as its output (Trainer would otherwise train on with NaN weights,
+    and the adapter would score chance). Trainer logs the mean loss since the last log (with
+    logging_nan_inf_filter=False, so a NaN step makes it NaN), the last gradient norm, and train_loss at the end."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm", "train_loss"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise DataError(f"training diverged at step {state.global_step}: {key} is {value}; "
+                                    "lower the learning rate (or max_grad_norm)")
+
+    return DivergenceGuard()
 
 
 def compute_metrics_for(metric: str, tokenizer):
