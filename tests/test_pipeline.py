@@ -62,6 +62,13 @@ def dvc(repo: Path, *args: str) -> str:
     return done.stdout
 
 
+def dvc_fails(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode != 0, f"dvc {' '.join(args)} succeeded:\n{done.stdout[-3000:]}"
+    return done.stdout + done.stderr
+
+
 def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
                    capture_output=True)
@@ -87,7 +94,7 @@ def repo(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_repro_then_one_experiment_then_metrics_diff(repo):
     out = dvc(repo, "repro")
-    for stage in ("backbone", "train_generation@summarization-mam-small-7", "evaluate_classification@sentiment-full-7",
+    for stage in ("validate", "backbone", "train_generation@summarization-mam-small-7", "evaluate_classification@sentiment-full-7",
                   "aggregate", "findings", "exp_evaluate"):
         assert f"Running stage '{stage}'" in out
 
@@ -121,6 +128,15 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
     changed = diff["experiment/metrics.json"]
     assert "params.paper" in changed and changed["params.paper"]["old"] != changed["params.paper"]["new"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["grid"]["seeds"] == [7]  # recomposed: still tiny
+
+    # A bad value stops at the validate stage, in one line naming the key, before DVC removes any output
+    # (issue 12)
+    adapter = repo / "experiment/adapter"
+    kept = sorted(p.name for p in adapter.iterdir())
+    failed = dvc_fails(repo, "exp", "run", "-S", "method=lorra")
+    assert "error: params.yaml method: unknown preset 'lorra'" in failed and "dvc checkout" in failed
+    assert "Running stage 'exp_train'" not in failed
+    assert sorted(p.name for p in adapter.iterdir()) == kept
 
     # One of the paper's grids, two of its runs (Hydra's ~ deletes the others), its tables beside the default's
     dropped = [f"~grid.runs.{run}" for run in ("lora_ffn-102", "pa-512", "scaled_pa-512")]

@@ -1,14 +1,28 @@
 """unipeft: parameter-efficient fine-tuning as modifications Δh of a frozen model's hidden states.
 
 An implementation of He et al., "Towards a Unified View of Parameter-Efficient Transfer Learning" (ICLR 2022).
+The design space and the presets import no torch, so reading and checking methods takes milliseconds; what
+touches a model (attach, load) is imported on first use.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .attach import Attachment, attach, attachment_of  # noqa: E402
-from .checkpoint import load, read_config  # noqa: E402
 from .design import ConfigError, Method, Modification  # noqa: E402
 from .presets import names as preset_names, preset  # noqa: E402
+
+_ON_FIRST_USE = {"Attachment": "attachment", "attach": "attachment", "attachment_of": "attachment",
+                 "load": "checkpoint", "read_config": "checkpoint"}
+
+
+def __getattr__(name: str):
+    if name in _ON_FIRST_USE:
+        return getattr(importlib.import_module(f".{_ON_FIRST_USE[name]}", __name__), name)
+    raise AttributeError(f"module 'unipeft' has no attribute {name!r}")
+
 
 __all__ = ["Attachment", "ConfigError", "Method", "Modification", "attach", "attachment_of", "load", "preset",
            "preset_names", "read_config"]

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .attach import attach
+from .attachment import attach
 from .design import ConfigError
 from .models import PAPER_MODELS, build_without_weights
 from .presets import names, preset

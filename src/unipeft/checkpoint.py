@@ -14,7 +14,7 @@ from torch import nn
 
 from . import __version__
 from .accounting import base_fingerprint
-from .attach import Attachment, attach
+from .attachment import Attachment, attach
 from .design import ConfigError, Method
 
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
