@@ -71,13 +71,18 @@ def test_sequential_adapter_reads_the_ffn_output():
         torch.testing.assert_close(layer(X, attention_mask=None), expected, rtol=1e-5, atol=1e-5)
 
 
+def _hand_mbart_sublayers(layer, x):
+    """mBART's pre-LN encoder layer: h = x + SelfAttn(LN(x)), and the FFN's output FFN(LN(h))."""
+    h = x + layer.self_attn(layer.self_attn_layer_norm(x), attention_mask=None)[0]
+    ffn_in = layer.final_layer_norm(h)
+    return h, F.linear(F.gelu(F.linear(ffn_in, layer.fc1.weight, layer.fc1.bias)), layer.fc2.weight, layer.fc2.bias)
+
+
 def test_parallel_adapter_reads_the_un_normalised_residual_in_pre_ln_mbart():
     _, model, attachment = _attached("mbart", "scaled_pa")
     layer, site = model.model.encoder.layers[0], attachment.container[0]["encoder"]["layers"][0]
     with torch.no_grad():
-        h = X + layer.self_attn(layer.self_attn_layer_norm(X), attention_mask=None)[0]
-        ffn_in = layer.final_layer_norm(h)
-        ffn = F.linear(F.gelu(F.linear(ffn_in, layer.fc1.weight, layer.fc1.bias)), layer.fc2.weight, layer.fc2.bias)
+        h, ffn = _hand_mbart_sublayers(layer, X)
         torch.testing.assert_close(layer(X, attention_mask=None), h + ffn + 4.0 * site.delta(h), rtol=1e-5, atol=1e-5)
 
 
@@ -176,9 +181,7 @@ def test_pfeiffer_adapter_on_pre_ln_adds_to_the_residual_stream():
     _, model, attachment = _attached("mbart", "adapter_pfeiffer")
     layer, site = model.model.encoder.layers[0], attachment.container[0]["encoder"]["layers"][0]
     with torch.no_grad():
-        h = X + layer.self_attn(layer.self_attn_layer_norm(X), attention_mask=None)[0]
-        ffn_in = layer.final_layer_norm(h)
-        y = h + F.linear(F.gelu(F.linear(ffn_in, layer.fc1.weight, layer.fc1.bias)), layer.fc2.weight, layer.fc2.bias)
+        y = sum(_hand_mbart_sublayers(layer, X))
         torch.testing.assert_close(layer(X, attention_mask=None), y + site.delta(y), rtol=1e-5, atol=1e-5)
 
 
