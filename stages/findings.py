@@ -35,7 +35,7 @@ def evidence(checked: findings.Checked) -> str:
     counts = ", ".join(f"{ran.count(v)} {v}" for v in VERDICTS[:3] if v in ran)
     summary = f"{len(ran)} comparison{'s' if len(ran) > 1 else ''}: {counts}" if ran else ""
     lacking = f"needs {checked.needs}" if checked.needs else ""
-    return "; ".join(part for part in (summary, lacking) if part)
+    return "; ".join(part for part in (summary, lacking, checked.why_untested) if part)
 
 
 def comparison_row(number: int, claim: findings.Claim, c: findings.Comparison, real: bool) -> list[str]:
@@ -87,7 +87,8 @@ def metrics(grid: aggregation.Grid, checked: list[findings.Checked]) -> dict:
     return {"grid": grid.name, "profile": grid.profile, "resamples": findings.RESAMPLES,
             "counts": {v.replace(" ", "_"): verdicts.count(v) for v in VERDICTS},
             "claims": {c.claim.id: {"verdict": c.verdict, **(
-                {"needs": c.needs} if c.needs else {}), "comparisons": {
+                {"needs": c.needs} if c.needs else {}), **(
+                {"untestable": c.why_untested} if c.why_untested else {}), "comparisons": {
                 f"{x.split.label} {x.favoured} vs {x.other}": {
                     "difference": round(x.effect.difference, 4), "low": round(x.effect.low, 4),
                     "high": round(x.effect.high, 4), "threshold": c.claim.threshold, "verdict": x.verdict,

@@ -102,6 +102,9 @@ def test_classification_table_shows_the_median_over_seeds(tmp_path, monkeypatch)
             values = [made_up(task, run, seed, "accuracy") for seed in seeds]
             assert statistics.median(values) != statistics.mean(values)  # the test tells them apart
             assert row[task] == f"{statistics.median(values):.2f} ± {statistics.stdev(values):.2f}"
+            half = 4.303 * statistics.stdev(values) / 3 ** 0.5  # Student's t(0.975, 2 df): 3 seeds
+            mean = statistics.mean(values)
+            assert row[f"{task} 95% CI"] == f"[{mean - half:.2f}, {mean + half:.2f}]"
 
 
 def test_real_profile_puts_the_papers_numbers_alongside(tmp_path, monkeypatch):
@@ -148,11 +151,15 @@ def test_plots_have_one_point_per_run_and_a_png(tmp_path, monkeypatch):
     assert run_stage(tmp_path, monkeypatch) == 0
 
     data = pd.read_csv(tmp_path / "results/plots/summarization.csv")
-    assert list(data.columns) == ["method", "run", "params_percent", "score"]
+    assert list(data.columns) == ["method", "run", "params_percent", "score", "score_low", "score_high"]
     assert list(data["run"]) == runs and list(data["method"]) == ["full", "lora", "lora", "prefix"]
     assert list(data["params_percent"]) == [PERCENT[run] for run in runs]
     expected = [statistics.mean(made_up("summarization", run, seed, "rouge2") for seed in seeds) for run in runs]
     assert list(data["score"]) == pytest.approx(expected, abs=1e-4)  # R-2, as Figure 4
+    # the error bars: the mean's 95% t-interval over the 2 seeds, t(0.975, 1 df) = 12.706
+    half = [12.706 * statistics.stdev(made_up("summarization", run, seed, "rouge2") for seed in seeds) / 2 ** 0.5
+            for run in runs]
+    assert list(data["score_high"] - data["score"]) == pytest.approx(half, abs=1e-3)
     sentiment = pd.read_csv(tmp_path / "results/plots/sentiment.csv")
     assert list(sentiment["score"]) == pytest.approx(
         [statistics.median(made_up("sentiment", run, seed, "accuracy") for seed in seeds) for run in runs])
@@ -251,7 +258,7 @@ def test_table2_has_mnli_and_sst2_columns_and_the_papers_medians(tmp_path, monke
     assert [row["Method"] for row in rows] == ["Full fine-tuning", "BitFit", "Prefix (l=32)", "LoRA (r=16, s=2)",
                                                "Houlsby adapter (r=16)", "MAM (l=16, r=16, s=2)"]
     assert [column for column in rows[0] if column.startswith(("MNLI", "SST-2"))] == [
-        "MNLI", "MNLI (paper)", "SST-2", "SST-2 (paper)"]
+        "MNLI", "MNLI 95% CI", "MNLI (paper)", "SST-2", "SST-2 95% CI", "SST-2 (paper)"]
     assert [row["MNLI (paper)"] for row in rows] == ["87.6±.4", "84.7", "86.3±.4", "87.2±.4", "87.2±.2", "87.4±.3"]
     assert rows[-1]["SST-2 (paper)"] == "94.2±.3" and rows[-1]["#params (paper)"] == "0.5%"
     seeds = [42, 2, 4, 6, 8]
@@ -277,7 +284,8 @@ def test_a_figure_grid_plots_the_papers_points_beside_ours_in_the_real_profile(t
     assert run_stage(tmp_path, monkeypatch) == 0
 
     data = pd.read_csv(tmp_path / "results/figure4/plots/summarization.csv")
-    assert list(data.columns) == ["method", "run", "params_percent", "score", "paper_params_percent", "paper_score"]
+    assert list(data.columns) == ["method", "run", "params_percent", "score", "score_low", "score_high",
+                                  "paper_params_percent", "paper_score"]
     prefix = data.set_index("run").loc[["prefix-1", "prefix-30", "prefix-200", "prefix-512"]]
     assert list(prefix["paper_score"]) == [18.14, 20.01, 20.46, 20.40]  # Figure 4's prefix curve, XSum R-2
     assert list(prefix["paper_params_percent"]) == [0.018, 0.54, 3.6, 9.2]
@@ -290,7 +298,7 @@ def test_a_figure_grid_plots_the_papers_points_beside_ours_in_the_real_profile(t
     write_grid_workspace(offline, "figure4")
     assert run_stage(offline, monkeypatch) == 0
     assert list(pd.read_csv(offline / "results/figure4/plots/translation.csv").columns) == [
-        "method", "run", "params_percent", "score"]  # the paper's points only where they are comparable
+        "method", "run", "params_percent", "score", "score_low", "score_high"]  # no paper points offline
 
 
 def test_grid_results_must_stay_inside_the_project(tmp_path, monkeypatch, capsys):

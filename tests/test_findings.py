@@ -116,7 +116,7 @@ def test_the_papers_numbers_for_a_comparison():
 
 
 def test_every_claim_names_runs_of_the_evidence_grid():
-    runs = yaml.safe_load(EVIDENCE.read_text())["runs"]
+    runs = yaml.safe_load(EVIDENCE.read_text())["grid"]["runs"]
     claims = findings.load_claims()
     assert len(claims) >= 10
     for claim in claims:
@@ -126,7 +126,8 @@ def test_every_claim_names_runs_of_the_evidence_grid():
 
 @pytest.mark.parametrize("profile", ["offline", "real"])
 def test_the_evidence_grid_runs_every_claim(profile):
-    """Composed as `dvc exp run -S grid=evidence` would: every claim has its runs and a task."""
+    """Composed as `dvc exp run -S grid=evidence` would: every claim has its runs and a task, or says why the
+    profile cannot test it."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -138,7 +139,7 @@ def test_the_evidence_grid_runs_every_claim(profile):
     grid = aggregation.read_grid(params)
     assert len(grid.seeds) == 3
     for claim in findings.load_claims():
-        assert claim.task_names(grid), claim.id
+        assert bool(claim.task_names(grid)) != (profile in claim.untestable), claim.id
         assert set(claim.runs) <= set(grid.runs), claim.id
 
 
@@ -209,7 +210,7 @@ def write_run(root: Path, task: str, run: str, seed: int) -> None:
         correct = sum(p == label for p, label in zip(predicted, SENTIMENT_LABELS))
         scores, ids = {"accuracy": round(100 * correct / len(predicted), 2)}, [f"r{i}" for i in range(40)]
     method = run.split("-")[0]
-    report = {"task": task, "profile": "offline", "run": run, "method": method, "seed": seed,
+    report = {"task": task, "profile": "real", "run": run, "method": method, "seed": seed,
               "sizes": {"attn": None, "ffn": None, "scale": None, **SIZES[run]}, "scores": scores,
               "params": {"paper_percent": 1.0}}
     (root / "metrics" / task).mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,7 @@ def workspace(tmp_path_factory) -> Path:
     save_tokenized(root)
     grid = {"name": "made_up", "results": "results/made_up", "seeds": SEEDS, "generation": ["summarization"],
             "classification": ["sentiment"], "runs": {run: {"method": run.split("-")[0]} for run in GRID_RUNS}}
-    (root / "params.yaml").write_text(yaml.safe_dump({"profile": "offline", "grid": grid}, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump({"profile": "real", "grid": grid}, sort_keys=False))
     for task in ("summarization", "sentiment"):
         for run in GRID_RUNS:
             for seed in SEEDS:
@@ -259,7 +260,8 @@ def test_the_stage_writes_verdicts_for_the_runs_the_grid_has(workspace, monkeypa
     assert close["needs"] == "runs prefix-32, mam_glue-16"
     assert set(close["comparisons"]) == {"sentiment lora-16 vs full", "sentiment adapter-16 vs full"}
     # claims whose runs the grid lacks
-    assert claims["gating_helps"] == {"verdict": findings.NOT_RUN, "needs": "runs prefix-30, prefix_nogate-30",
+    assert claims["gating_helps"] == {"verdict": findings.NOT_RUN,
+                                      "needs": "runs prefix-30, prefix_nogate-30; the translation task",
                                       "comparisons": {}}
     assert data["counts"]["not_run_in_this_grid"] == sum(c["verdict"] == findings.NOT_RUN for c in claims.values())
     text = (results / "findings.md").read_text()
@@ -276,23 +278,37 @@ def test_the_stage_is_deterministic(workspace, monkeypatch):
     assert (workspace / "results/made_up/findings.json").read_bytes() == first
 
 
-def test_in_the_real_profile_the_papers_numbers_sit_beside_ours(workspace, monkeypatch, tmp_path):
+def test_the_papers_numbers_sit_beside_ours(workspace):
+    text = (workspace / "results/made_up/findings.md").read_text()
+    assert ("| pa-200 > sa_ffn-200 | +100.00 | [+100.00, +100.00] | +100.00 / +100.00 | holds "
+            "| 20.66 vs 19.98 (+0.68) |") in text
+    assert ("| lora-16 ≥ full − 1.5 | -3.75 | [-10.00, +0.00] | -5.00 / -2.50 | inconclusive "
+            "| 94.2 vs 94.6 (-0.40) |") in text
+    claims = json.loads((workspace / "results/made_up/findings.json").read_text())["claims"]
+    assert claims["parallel_beats_sequential"]["comparisons"]["summarization pa-200 vs sa_ffn-200"][
+        "paper_difference"] == 0.68
+
+
+def test_offline_the_generation_claims_are_tested_on_sentiment(workspace, monkeypatch, tmp_path):
+    """findings.yaml's offline tasks: sentiment for the claims the paper shows on generation, and the one claim
+    no stand-in can test is inconclusive with its reason, comparing nothing."""
     import shutil
 
     root = tmp_path / "copy"
     shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("results"))
     for path in [root / "params.yaml", *root.glob("metrics/*/*.json")]:
-        path.write_text(path.read_text().replace('"profile": "offline"', '"profile": "real"').replace(
-            "profile: offline", "profile: real"))
+        path.write_text(path.read_text().replace('"profile": "real"', '"profile": "offline"').replace(
+            "profile: real", "profile: offline"))
     assert run_stage(root, monkeypatch) == 0
-    text = (root / "results/made_up/findings.md").read_text()
-    assert ("| pa-200 > sa_ffn-200 | +100.00 | [+100.00, +100.00] | +100.00 / +100.00 | holds "
-            "| 20.66 vs 19.98 (+0.68) |") in text
-    assert ("| lora-16 ≥ full − 1.5 | -3.75 | [-10.00, +0.00] | -5.00 / -2.50 | inconclusive "
-            "| 94.2 vs 94.6 (-0.40) |") in text
     claims = json.loads((root / "results/made_up/findings.json").read_text())["claims"]
-    assert claims["parallel_beats_sequential"]["comparisons"]["summarization pa-200 vs sa_ffn-200"][
-        "paper_difference"] == 0.68
+    assert set(claims["parallel_beats_sequential"]["comparisons"]) == {
+        "sentiment pa-200 vs sa_ffn-200", "sentiment pa_attn-200 vs sa_attn-200"}
+    gap = claims["generation_gap_to_full"]
+    assert (gap["verdict"], gap["comparisons"]) == (findings.INCONCLUSIVE, {})
+    assert gap["untestable"].startswith("Offline there is no generation stand-in")
+    text = (root / "results/made_up/findings.md").read_text()
+    assert "| inconclusive | Offline there is no generation stand-in" in text
+    assert "Offline profile: stand-in data" in text
 
 
 @pytest.mark.parametrize("missing", ["predictions/summarization/sa_ffn-200-seed2.jsonl",
@@ -351,5 +367,7 @@ def test_the_default_grid_runs_no_claim_and_reads_nothing(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     grid, checked = findings.check(params, tmp_path)  # an empty directory: no file is needed
     assert grid.name == "default"
-    assert {c.verdict for c in checked} == {findings.NOT_RUN}
-    assert all(c.needs.startswith("runs ") for c in checked)
+    testable = [c for c in checked if "offline" not in c.claim.untestable]
+    assert {c.verdict for c in testable} == {findings.NOT_RUN}
+    assert all(c.needs.startswith("runs ") for c in testable)
+    assert {c.verdict for c in checked if c not in testable} == {findings.INCONCLUSIVE}

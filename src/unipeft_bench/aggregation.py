@@ -142,7 +142,8 @@ def read_metrics(path: Path, task: str, run: str, seed: int, profile: str) -> di
             raise DataError(f"{path}: {key} is {data[key]!r}, expected {expected!r}")
     return {"task": task, "run": run, "seed": seed, "method": need(data, "method", str(path)),
             "sizes": need(data, "sizes", str(path)), "params_percent": need(data, "params.paper_percent", str(path)),
-            "scores": reported_scores(task, need(data, "scores", str(path)), str(path))}
+            "scores": reported_scores(task, need(data, "scores", str(path)), str(path)),
+            "training": data.get("training") or {}}
 
 
 def read_all(grid: Grid, root: Path) -> list[dict]:
@@ -234,13 +235,30 @@ def paper_cell(entry: dict | None, task: str) -> str:
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
 CENTER = {"generation": "mean", "classification": "median"}  # Table 6 averages seeds; Table 2 takes the median
+# Student's t, 97.5% quantile, by degrees of freedom (seeds - 1): the 95% interval of a mean over a few seeds.
+# Written out rather than importing scipy for eight numbers; beyond 8, the normal's 1.96 is within 0.3.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 
 def summarise(records: list[dict]) -> pd.DataFrame:
-    """Mean, median, sample std and count over seeds, indexed by (task, run, score key)."""
+    """Mean, median, sample std, count and the mean's 95% t-interval over seeds, indexed by (task, run, score
+    key); one seed has no interval."""
     long = pd.DataFrame([{"task": r["task"], "run": r["run"], "key": key, "value": float(value)}
                          for r in records for key, value in r["scores"].items()])
-    return long.groupby(["task", "run", "key"], sort=False)["value"].agg(["mean", "median", "std", "count"])
+    stats = long.groupby(["task", "run", "key"], sort=False)["value"].agg(["mean", "median", "std", "count"])
+    half = stats["count"].map(lambda n: T_975.get(n - 1, 1.96)) * stats["std"] / stats["count"] ** 0.5
+    return stats.assign(ci_low=stats["mean"] - half, ci_high=stats["mean"] + half)
+
+
+def training_summary(records: list[dict], task: str, run: str) -> dict:
+    """How the run's seeds trained (metrics files' `training`): median steps, how many stopped early, rate."""
+    trained = [r["training"] for r in records if (r["task"], r["run"]) == (task, run) and r["training"]]
+    if not trained:
+        return {}
+    steps = pd.Series([t.get("steps") for t in trained], dtype=float)
+    return {"steps_median": steps.median(), "stopped_early": sum(bool(t.get("stopped_early")) for t in trained),
+            "best_step_median": pd.Series([t.get("best_step") for t in trained], dtype=float).median(),
+            "learning_rate": trained[0].get("learning_rate"), "trained_seeds": len(trained)}
 
 
 def column_name(task: str, profile: str) -> str:
@@ -249,24 +267,33 @@ def column_name(task: str, profile: str) -> str:
 
 
 def _task_columns(task: str, run: str, stats: pd.DataFrame, center: str, profile: str,
-                  entry: dict | None) -> tuple[dict, dict]:
+                  entry: dict | None, training: dict) -> tuple[dict, dict]:
     """One task's share of a row: all its scores (and the paper's) for the CSV, the printed ones for Markdown."""
     view, name, real = TASK_VIEWS[task], column_name(task, profile), profile == "real"
     numeric, shown = {}, {}
     for key in stats.loc[(task, run)].index:  # every reported score, the optional ones included
-        numeric[f"{task}_{key}_{center}"] = stats.loc[(task, run, key), center]
-        numeric[f"{task}_{key}_std"] = stats.loc[(task, run, key), "std"]
+        for column in (center, "std", "ci_low", "ci_high"):
+            numeric[f"{task}_{key}_{column}"] = stats.loc[(task, run, key), column]
+    several = stats.loc[(task, run), "count"].min() > 1
     for key, label in view.columns:
         shown[f"{name} {label}".strip()] = mean_pm_std(stats.loc[(task, run, key), center],
                                                        stats.loc[(task, run, key), "std"])
         if real:
             numeric[f"{task}_{key}_paper"] = None if entry is None else entry["scores"][task].get(key)
+    if several:  # the primary score's interval; the others' are in the CSV
+        low, high = stats.loc[(task, run, view.primary), ["ci_low", "ci_high"]]
+        shown[f"{name} 95% CI"] = f"[{low:.2f}, {high:.2f}]"
+    if training:
+        numeric.update({f"{task}_{key}": value for key, value in training.items()})
+        shown[f"{name} steps (stopped early)"] = (f"{training['steps_median']:.0f} "
+                                                  f"({training['stopped_early']}/{training['trained_seeds']})")
     if real:
         shown[f"{name} (paper)"] = paper_cell(entry, task)
     return numeric, shown
 
 
-def _run_rows(grid: Grid, kind: str, run: str, first: dict, stats: pd.DataFrame) -> tuple[dict, dict]:
+def _run_rows(grid: Grid, kind: str, run: str, first: dict, stats: pd.DataFrame,
+              records: list[dict]) -> tuple[dict, dict]:
     """One run's row twice: numbers for the CSV and text for the Markdown table."""
     tasks, real = getattr(grid, kind), grid.profile == "real"
     head = first[(tasks[0], run)]
@@ -283,7 +310,8 @@ def _run_rows(grid: Grid, kind: str, run: str, first: dict, stats: pd.DataFrame)
         numeric.update(paper_params_percent=paper_percent, paper_source=_sources(matched, grid.profile))
         shown["#params (paper)"] = "" if paper_percent is None else percent(paper_percent)
     for task in tasks:
-        task_numeric, task_shown = _task_columns(task, run, stats, CENTER[kind], grid.profile, entries[task])
+        task_numeric, task_shown = _task_columns(task, run, stats, CENTER[kind], grid.profile, entries[task],
+                                                 training_summary(records, task, run))
         numeric.update(task_numeric)
         shown.update(task_shown)
     if real:
@@ -314,7 +342,7 @@ def results_table(grid: Grid, kind: str, records: list[dict]) -> tuple[pd.DataFr
     mine = [r for r in records if r["task"] in tasks]
     first = {(r["task"], r["run"]): r for r in reversed(mine)}  # the first seed's record: method, sizes, #params
     stats = summarise(mine)
-    rows = [_run_rows(grid, kind, run, first, stats) for run in grid.runs]
+    rows = [_run_rows(grid, kind, run, first, stats, mine) for run in grid.runs]
     numeric, shown = pd.DataFrame([n for n, _ in rows]), pd.DataFrame([s for _, s in rows])
     return numeric.round(4), _distinct_labels(shown, grid.runs)
 
@@ -334,6 +362,9 @@ def table_notes(grid: Grid, kind: str) -> list[str]:
              if kind == "generation" else
              f"Scores: accuracy, median ± sample standard deviation over seeds {seeds}, as the paper's Table 2 "
              "(median of 5 runs).",
+             "95% CI: Student's t interval of the mean over the seeds (where there are several); steps: the median "
+             "number of training steps over seeds, and how many seeds stopped early (their validation score had "
+             "stopped improving).",
              "#params: the paper's count (Appendix B: no biases, LayerNorms or prefix MLP) as a percentage of its "
              "denominator for the model (409.6M for BART and mBART; the base model otherwise)."]
     if "summarization" in tasks:
@@ -369,7 +400,8 @@ def plot_data(grid: Grid, task: str, numeric: pd.DataFrame) -> pd.DataFrame:
     the real profile the paper's point for the same run beside it (paper_params_percent, paper_score)."""
     kind = "generation" if task in grid.generation else "classification"
     primary = TASK_VIEWS[task].primary
-    columns = {f"{task}_{primary}_{CENTER[kind]}": "score"}
+    columns = {f"{task}_{primary}_{CENTER[kind]}": "score", f"{task}_{primary}_ci_low": "score_low",
+               f"{task}_{primary}_ci_high": "score_high"}
     if grid.profile == "real":
         columns.update(paper_params_percent="paper_params_percent", **{f"{task}_{primary}_paper": "paper_score"})
     return numeric[["method", "run", "params_percent", *columns]].rename(columns=columns)
@@ -386,9 +418,15 @@ def _draw_methods(axes, data: pd.DataFrame, x: str, y: str, paper: bool) -> None
         style = dict(linestyle="--", marker="o", markerfacecolor="none", label=f"{name} (paper)") if paper else \
             dict(marker="o", label=name)
         axes.plot(points[x], points[y], color=colours[method], **style)
-    for score in data.loc[data["method"] == "full", y].dropna():
-        axes.axhline(score, linestyle=":" if paper else "--", color="grey",
+        if not paper and points["score_low"].notna().any():  # the 95% interval over seeds, around the center
+            below, above = (points[y] - points["score_low"]).clip(lower=0), (points["score_high"] - points[y]).clip(lower=0)
+            axes.errorbar(points[x], points[y], yerr=[below, above], fmt="none", ecolor=colours[method], alpha=0.6,
+                          capsize=3)
+    for _, full in data[data["method"] == "full"].dropna(subset=[y]).iterrows():
+        axes.axhline(full[y], linestyle=":" if paper else "--", color="grey",
                      label="Full fine-tuning (paper)" if paper else "Full fine-tuning")
+        if not paper and pd.notna(full["score_low"]):
+            axes.axhspan(full["score_low"], full["score_high"], color="grey", alpha=0.12)
 
 
 def plot_png(data: pd.DataFrame, task: str, profile: str) -> bytes:

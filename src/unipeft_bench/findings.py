@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,7 @@ class Claim:
     margin: float
     pairs: tuple[tuple[str, str], ...]  # (favoured, other)
     note: str
+    untestable: dict = field(default_factory=dict)  # {profile: why that profile's stand-ins cannot test it}
 
     @property
     def threshold(self) -> float:
@@ -88,8 +89,12 @@ def read_claim(entry: dict, where: str) -> Claim:
         raise DataError(f"{where}: expect must be 'better' or 'close', got {entry['expect']!r}")
     if entry["expect"] == "close" and not isinstance(entry.get("margin"), (int, float)):
         raise DataError(f"{where}: expect: close needs a numeric margin (in score points)")
+    untestable = entry.get("untestable") or {}
+    if not isinstance(untestable, dict) or not all(isinstance(v, str) for v in untestable.values()):
+        raise DataError(f"{where}: untestable must map a profile to one sentence saying why")
     return Claim(str(entry["id"]), str(entry["claim"]), str(entry["paper"]), entry["tasks"], entry["expect"],
-                 float(entry.get("margin") or 0.0), _pairs(entry, where), " ".join(str(entry["note"]).split()))
+                 float(entry.get("margin") or 0.0), _pairs(entry, where), " ".join(str(entry["note"]).split()),
+                 {k: " ".join(v.split()) for k, v in untestable.items()})
 
 
 def load_claims(path: Path = FINDINGS) -> list[Claim]:
@@ -284,6 +289,7 @@ class Checked:
     verdict: str
     comparisons: tuple[Comparison, ...]
     needs: str  # what the grid lacks: "" when every comparison ran
+    why_untested: str = ""  # the claim's `untestable` sentence for this profile: inconclusive, nothing compared
 
 
 def _plan(claim: Claim, grid: aggregation.Grid) -> tuple[list[tuple[str, str, str]], str]:
@@ -306,7 +312,7 @@ def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = Non
     """Every claim's verdict on the grid's runs; reads every input before returning (nothing is written here)."""
     grid = aggregation.read_grid(params)
     claims = load_claims() if claims is None else claims
-    plans = {claim.id: _plan(claim, grid) for claim in claims}
+    plans = {claim.id: _plan(claim, grid) for claim in claims if grid.profile not in claim.untestable}
     points = sorted({(task, run) for plan, _ in plans.values() for task, a, b in plan for run in (a, b)})
     # The metrics files first (the cheapest to miss), then the references, then the predictions.
     records = {(task, run, seed): aggregation.read_metrics(aggregation.metrics_path(root, task, run, seed), task,
@@ -319,6 +325,9 @@ def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = Non
                   for task, run in points for split in splits[task] for seed in grid.seeds}
     checked = []
     for claim in claims:
+        if grid.profile in claim.untestable:
+            checked.append(Checked(claim, INCONCLUSIVE, (), "", claim.untestable[grid.profile]))
+            continue
         plan, needs = plans[claim.id]
         comparisons = []
         for task, favoured, other in plan:
