@@ -128,15 +128,15 @@ def test_loading_into_a_mismatched_base_fails_clearly(tmp_path):
 
 def test_loading_a_checkpoint_that_disagrees_with_its_config_fails_clearly(tmp_path):
     unipeft.attach(build("bart"), "mam", attn_bn=4, ffn_bn=8).save(tmp_path)
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "unipeft_config.json").read_text())
     config["method"]["modifications"][1]["size"] = 6
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "unipeft_config.json").write_text(json.dumps(config))
     with pytest.raises(unipeft.ConfigError, match=r"adapter_model\.safetensors: does not match"):
         unipeft.load(build("bart"), tmp_path)
 
 
 def test_loading_from_a_directory_without_a_config_fails_clearly(tmp_path):
-    with pytest.raises(unipeft.ConfigError, match="adapter_config.json: not found"):
+    with pytest.raises(unipeft.ConfigError, match="unipeft_config.json: not found"):
         unipeft.load(build("bart"), tmp_path)
 
 
@@ -184,9 +184,9 @@ BROKEN_FILES = [  # (file, how it is broken)
     ("adapter_model.safetensors", _cut_short),
     ("adapter_model.safetensors", _empty),
     ("adapter_model.safetensors", _bad_header),
-    ("adapter_config.json", _latin1),
-    ("adapter_config.json", _no_fingerprint),
-    ("adapter_config.json", _a_list),
+    ("unipeft_config.json", _latin1),
+    ("unipeft_config.json", _no_fingerprint),
+    ("unipeft_config.json", _a_list),
 ]
 
 

@@ -15,7 +15,9 @@ from .design import ConfigError, Method, Modification  # noqa: E402
 from .presets import names as preset_names, preset  # noqa: E402
 
 _ON_FIRST_USE = {"Attachment": "attachment", "attach": "attachment", "attachment_of": "attachment",
-                 "load": "checkpoint", "read_config": "checkpoint"}
+                 "load": "checkpoint", "read_config": "checkpoint", "save": "checkpoint",
+                 "load_peft": "peft_format", "save_peft": "peft_format", "merge_and_unload": "peft_format",
+                 "AdapterTrainer": "trainer", "adapter_trainer": "trainer"}
 
 
 def __getattr__(name: str):
@@ -24,5 +26,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'unipeft' has no attribute {name!r}")
 
 
-__all__ = ["Attachment", "ConfigError", "Method", "Modification", "attach", "attachment_of", "load", "preset",
-           "preset_names", "read_config"]
+__all__ = ["AdapterTrainer", "Attachment", "ConfigError", "Method", "Modification", "adapter_trainer", "attach",
+           "attachment_of", "load", "load_peft", "merge_and_unload", "preset", "preset_names", "read_config", "save",
+           "save_peft"]

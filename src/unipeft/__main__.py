@@ -1,4 +1,7 @@
-"""Command line: `python -m unipeft params --model bart-large --method mam --json`, `python -m unipeft presets`."""
+"""Command line: `python -m unipeft params --model bart-large --method mam --json`, `python -m unipeft presets`.
+
+Only `params` builds a model: torch and transformers (seconds to import) are imported there, not at start-up, so
+`presets` and `--help` answer at once."""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ import argparse
 import json
 import sys
 
-from .attachment import attach
 from .design import ConfigError
-from .models import PAPER_MODELS, build_without_weights
 from .presets import names, preset
+
+PAPER_MODELS = ("bart-large", "mbart-large-cc25", "roberta-base")  # models.PAPER_MODELS, without importing torch
 
 
 def _scale(text: str) -> float | str:
@@ -33,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in names():
                 print(f"{name:18s} {preset(name).notes}")
             return 0
-        model = build_without_weights(args.model)
-        counts = attach(model, args.method, attn_bn=args.attn_bn, ffn_bn=args.ffn_bn, scale=args.scale).counts()
+        method = preset(args.method).with_budget(args.attn_bn, args.ffn_bn, args.scale)  # a bad name fails fast
+        from .attachment import attach
+        from .models import build_without_weights
+
+        counts = attach(build_without_weights(args.model), method).counts()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

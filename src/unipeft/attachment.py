@@ -3,11 +3,17 @@
 The insertion-form dimension is the table READ_WRITE: for each (position, insertion) it names where Δh reads
 its input (the input or output of a sublayer module) and where it is composed into h. Everything else, the
 per-architecture module names, comes from the architecture map.
+
+Hooks hold no closures: each is an object that names the attachment's modules, so copy.deepcopy, pickle and
+nn.DataParallel's replicas (see _retarget) get hooks that run their own modules.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -33,20 +39,25 @@ READ_WRITE: dict[tuple[str, str], tuple[tuple[str, str], tuple[str, str]]] = {
 
 
 class Site(nn.Module):
-    """One Δh at one sublayer: reads x at one hook, composes f(x) into h at another."""
+    """One Δh at one sublayer: reads x at one hook, composes f(x) into h at another.
+
+    Δh runs in the adapter's dtype (fp32 on a half-precision base by default) and is cast back to h's dtype."""
 
     def __init__(self, delta: nn.Module, composition: Composition):
         super().__init__()
         self.delta, self.compose = delta, composition
         self._x: torch.Tensor | None = None
         self.merged = False  # a linear Δh folded into its projection's weight
+        self.enabled = True  # False inside Attachment.disabled()
 
     def read(self, x: torch.Tensor) -> None:
         self._x = x
 
     def write(self, h: torch.Tensor) -> torch.Tensor:
         x, self._x = self._x, None
-        return h if self.merged else self.compose(h, self.delta(x))
+        if self.merged or not self.enabled:
+            return h
+        return self.compose(h, self.delta(x)).to(h.dtype)
 
 
 class RenormalisedSite(Site):
@@ -60,27 +71,45 @@ class RenormalisedSite(Site):
 
     def write(self, y: torch.Tensor) -> torch.Tensor:
         z, self._x = self._x, None  # read() kept the LayerNorm's input z = x + h
+        if not self.enabled:
+            return y
         norm = self._norm[0]
-        return F.layer_norm(self.compose(z, self.delta(y)), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return F.layer_norm(self.compose(z, self.delta(y)).to(z.dtype), norm.normalized_shape, norm.weight,
+                            norm.bias, norm.eps)
 
 
-def _on_input(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHandle:
+# Hooks are instances of module-level classes calling bound methods of the attachment's modules, never closures:
+# copy.deepcopy then gives a copy's hooks the copy's modules, and pickle can write them.
+class _InputHook:
     """Calls fn on the hidden states a module reads (first argument or `hidden_states`); a result replaces them."""
-    def hook(_, args, kwargs):
-        new = fn(args[0] if args else kwargs["hidden_states"])
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, _, args, kwargs):
+        new = self.fn(args[0] if args else kwargs["hidden_states"])
         if new is None:
             return None
         return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
-    return module.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def _on_output(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHandle:
-    def hook(_, __, output):
-        new = fn(output[0] if isinstance(output, tuple) else output)
+class _OutputHook:
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, _, __, output):
+        new = self.fn(output[0] if isinstance(output, tuple) else output)
         if new is None:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new
-    return module.register_forward_hook(hook)
+
+
+def _on_input(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHandle:
+    return module.register_forward_pre_hook(_InputHook(fn), with_kwargs=True)
+
+
+def _on_output(module: nn.Module, fn: Callable) -> torch.utils.hooks.RemovableHandle:
+    return module.register_forward_hook(_OutputHook(fn))
 
 
 _HOOKS = {"input": _on_input, "output": _on_output}
@@ -140,12 +169,182 @@ def _prepend(x: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
     return torch.cat([inserted, x], dim=1)
 
 
-class Attachment:
-    """A method attached to a model: its modules (under `model.unipeft`), hooks, and what it unfroze."""
+class _PromptHooks:
+    """Prompt tuning's hooks (see Attachment._build_prompt), as methods of one object."""
 
-    def __init__(self, model: nn.Module, method: Method):
+    def __init__(self, prompt: Prompt, embed: nn.Embedding, insert: Callable, positionless: bool,
+                 max_positions: int | None):
+        self.prompt, self.embed, self.insert = prompt, embed, insert
+        self.positionless, self.max_positions = positionless, max_positions
+
+    @property
+    def length(self) -> int:
+        return self.prompt.vectors.shape[0]
+
+    def vectors(self, like: torch.Tensor) -> torch.Tensor:
+        return self.prompt.vectors.to(like.dtype).expand(like.shape[0], -1, -1)
+
+    def before_encoder(self, module, args, kwargs):
+        if not self.prompt.enabled:
+            return None
+        inputs, length = _bind(module, args, kwargs), self.length
+        if inputs.get("position_ids") is not None:
+            raise ConfigError("prompt tuning: explicit position_ids are not supported; leave them to the model")
+        embeds = inputs.get("inputs_embeds")
+        embeds = self.embed(inputs["input_ids"]) if embeds is None else embeds
+        batch = embeds.shape[0]
+        if self.max_positions is not None and embeds.shape[1] + length > self.max_positions:
+            raise ConfigError(f"prompt tuning: {embeds.shape[1]} tokens + {length} prompt vectors exceed the "
+                              f"model's {self.max_positions} positions; shorten the input or the prompt")
+        # Without positions, zeros hold the prompt's place until the positional embeddings have been added.
+        inserted = self.vectors(embeds)
+        inputs["inputs_embeds"] = self.insert(embeds, torch.zeros_like(inserted) if self.positionless else inserted)
+        inputs["input_ids"] = None
+        for name, fill in (("attention_mask", 1), ("token_type_ids", 0)):
+            if inputs.get(name) is not None:
+                x = inputs[name]
+                inputs[name] = self.insert(x, torch.full((batch, length), fill, dtype=x.dtype, device=x.device))
+        return (), inputs
+
+    def before_decoder(self, module, args, kwargs):
+        if not self.prompt.enabled:
+            return None
+        inputs, length = _bind(module, args, kwargs), self.length
+        mask, states = inputs.get("encoder_attention_mask"), inputs.get("encoder_hidden_states")
+        if mask is None or states is None or mask.shape[-1] + length != states.shape[1]:
+            return None
+        inputs["encoder_attention_mask"] = self.insert(mask, mask.new_ones(mask.shape[0], length))
+        return (), inputs
+
+    # The real tokens get positions 0..T-1 (the first T of the lengthened input), the prompt none ...
+    def before_positions(self, _, args):
+        if not self.prompt.enabled:
+            return None
+        return (args[0][:, :args[0].shape[1] - self.length], *args[1:])
+
+    def after_positions(self, _, __, out):
+        if not self.prompt.enabled:
+            return None
+        return _prepend(out, out.new_zeros(out.shape[0], self.length, out.shape[-1]))
+
+    # ... and the vectors replace their placeholders in the sum that the embedding LayerNorm reads.
+    def into_norm(self, x: torch.Tensor):
+        if not self.prompt.enabled:
+            return None
+        return torch.cat([self.vectors(x), x[:, self.length:]], dim=1)
+
+
+class _Passes:
+    """Opens a pass (see PrefixVectors) around each forward of the model."""
+
+    def __init__(self, model: nn.Module, owner: nn.ModuleList, vectors: list[PrefixVectors]):
+        self.model, self.owner, self.vectors = model, owner, vectors
+
+    def _own(self, model: nn.Module) -> bool:
+        return model._modules.get("unipeft") is self.owner
+
+    def before_forward(self, model: nn.Module, _) -> None:
+        passes = self if self._own(model) else _retarget(self.model, model)[id(self)]
+        passes.open()
+        for vectors in passes.vectors:
+            vectors.prime()
+
+    def after_forward(self, model: nn.Module, *_) -> None:
+        if self._own(model):
+            self.close()
+
+    def open(self) -> None:
+        for vectors in self.vectors:
+            vectors.open()
+
+    def close(self) -> None:
+        for vectors in self.vectors:
+            vectors.close()
+
+
+def _ours(hook) -> bool:
+    return isinstance(hook, (_InputHook, _OutputHook)) or isinstance(getattr(hook, "__self__", None),
+                                                                      (_PromptHooks, _Passes))
+
+
+_REFERENCES = ("_unipeft_prefixes", "_vectors", "_query", "_norm")  # plain attributes that name modules
+
+
+def _retarget(original: nn.Module, replica: nn.Module) -> dict:
+    """Points a DataParallel replica's hooks at its own modules. replicate() makes new module objects whose hook
+    dictionaries and plain attributes are the original's: copying those with a memo that maps each original module
+    to its replica gives the replica hooks that call the replica's modules. Returns the memo."""
+    pairs = list(zip(original.modules(), replica.modules()))
+    memo = {id(o): r for o, r in pairs}
+    for o, r in pairs:
+        for name in ("_forward_pre_hooks", "_forward_hooks"):
+            hooks = getattr(o, name)
+            if any(_ours(h) for h in hooks.values()):
+                r.__dict__[name] = OrderedDict((k, copy.deepcopy(h, memo) if _ours(h) else h) for k, h in hooks.items())
+        for name in _REFERENCES:
+            if name in o.__dict__:
+                r.__dict__[name] = copy.deepcopy(o.__dict__[name], memo)
+    return memo
+
+
+class _GenerateOnce:
+    """`model.generate`, with one pass around the whole call: prefix vectors computed once, not once per step."""
+
+    def __init__(self, model: nn.Module, passes: _Passes):
+        self.model, self.passes = model, passes
+
+    def __call__(self, *args, **kwargs):
+        self.passes.open()
+        try:
+            return type(self.model).generate(self.model, *args, **kwargs)
+        finally:
+            self.passes.close()
+
+
+class _Annotation:
+    """A hooked module's extra_repr with what the attachment does there appended, so that print(model) shows it."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.notes = module, []
+
+    def __call__(self) -> str:
+        own = type(self.module).extra_repr(self.module)
+        return ", ".join(filter(None, [own, "unipeft: " + "; ".join(self.notes)]))
+
+
+def _label(index: int, mod: Modification) -> str:
+    if mod.position == "embeddings":
+        return f"[{index}] prompt l={mod.size}"
+    if mod.function == "softmax":
+        return f"[{index}] prefix l={mod.size} ({mod.composition}, {mod.reparam})"
+    size = f"l={mod.size}" if mod.position == "head" else f"r={mod.size}"
+    composition = "" if mod.composition == "add" else f", {mod.composition} s={mod.scale}"
+    return f"[{index}] {mod.insertion} {mod.function} Δh {size}{composition}"
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _adapter_dtype(base: torch.dtype, choice: str | torch.dtype) -> torch.dtype:
+    if isinstance(choice, torch.dtype) and choice.is_floating_point:
+        return choice
+    if choice == "auto":  # as peft: adapters on a half-precision base train in fp32 for stability
+        return torch.float32 if base in _HALF else base
+    if choice == "base":
+        return base
+    raise ConfigError(f"adapter_dtype: expected 'auto', 'base' or a floating-point torch.dtype, got {choice!r}")
+
+
+class Attachment:
+    """A method attached to a model: its modules (under `model.unipeft`), hooks, and what it unfroze.
+
+    `adapter_dtype`: 'auto' (fp32 on an fp16/bf16 base, else the base's dtype), 'base', or a torch.dtype."""
+
+    def __init__(self, model: nn.Module, method: Method, adapter_dtype: str | torch.dtype = "auto"):
         if "unipeft" in model._modules:
             raise ConfigError("model: a unipeft method is already attached; detach() it first")
+        reference = next(model.parameters())
+        dtype = _adapter_dtype(reference.dtype, adapter_dtype)
         self.model, self.method = model, method
         self.arch = architecture_of(model)
         self.base = model.base_model
@@ -153,21 +352,28 @@ class Attachment:
         self.base_params, self.fingerprint = base_parameter_count(model), base_fingerprint(model)
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.prefixed: list[nn.Module] = []
+        self.annotated: list[nn.Module] = []
         self.dropout = {side: _model_dropout(model, side) for side in _DROPOUT_KEYS}
         targets = [self._targets(i, m) for i, m in enumerate(method.modifications)]  # check all before changing any
         trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
         try:
-            self.container = nn.ModuleList(nn.ModuleDict({t: self._build_target(m, t) for t in ts})
-                                           for m, ts in zip(method.modifications, targets))
+            self.container = nn.ModuleList(nn.ModuleDict({t: self._build_target(i, m, t) for t in ts})
+                                           for i, (m, ts) in enumerate(zip(method.modifications, targets)))
         except BaseException:  # leave the model as it was given
             self._remove_hooks()
             for p, flag in zip(model.parameters(), trainable):
                 p.requires_grad_(flag)
             raise
-        reference = next(model.parameters())
-        self.container.to(device=reference.device, dtype=reference.dtype).train(model.training)
+        self.container.to(device=reference.device, dtype=dtype).train(model.training)
+        vectors = [m for m in self.container.modules() if isinstance(m, PrefixVectors)]
+        passes = _Passes(model, self.container, vectors)
+        if self.handles or vectors:  # full fine-tuning and BitFit hook nothing
+            self.handles.append(model.register_forward_pre_hook(passes.before_forward))
+            self.handles.append(model.register_forward_hook(passes.after_forward, always_call=True))
+        if vectors and hasattr(type(model), "generate"):
+            model.__dict__["generate"] = _GenerateOnce(model, passes)
         model.add_module("unipeft", self.container)
         self._unfreeze()
         self.previous_attention = None
@@ -186,25 +392,32 @@ class Attachment:
                                   f"{mod.position!r} (it has: {', '.join(available)})")
         return mod.targets or available
 
-    def _build_target(self, mod: Modification, target: str) -> nn.ModuleDict:
+    def _note(self, module: nn.Module, text: str) -> None:
+        annotation = module.__dict__.get("extra_repr")
+        if not isinstance(annotation, _Annotation):
+            annotation = module.__dict__["extra_repr"] = _Annotation(module)
+            self.annotated.append(module)
+        annotation.notes.append(text)
+
+    def _build_target(self, index: int, mod: Modification, target: str) -> nn.ModuleDict:
         if mod.position == "embeddings":
-            return self._build_prompt(mod)
+            return self._build_prompt(index, mod)
         parts = nn.ModuleDict()
         layers = get(self.base, self.arch.stacks[_stack(target)])
         names = _sublayers(self.arch, target)
         core = get(layers[0], names["core"])
         d, heads = get(layers[0], names["o"]).out_features, _heads(core)
         dropout = self.dropout[mod.budget_side] if mod.dropout is None else mod.dropout
+        label = _label(index, mod)
         if mod.position == "head":
             parts["vectors"] = vectors = PrefixVectors(len(layers), d, mod)
-            stack_host = get(self.base, self.arch.stacks[_stack(target)].rpartition(".")[0])
-            self.handles.append(stack_host.register_forward_pre_hook(lambda *_: vectors.start_forward()))
             if mod.function == "softmax":
                 for i, layer in enumerate(layers):
                     core = get(layer, names["core"])
                     core.__dict__.setdefault("_unipeft_prefixes", []).append(
                         attention.PrefixSlot(vectors, i, mod.composition, mod.form))
                     self.prefixed.append(core)
+                    self._note(core, f"{label}: P_k, P_v of layer {i} join the keys and values")
                 return parts
         sites = nn.ModuleList()
         (read_at, read_side), (write_at, write_side) = READ_WRITE[(mod.position, mod.insertion)]
@@ -223,12 +436,19 @@ class Attachment:
             site = (RenormalisedSite(delta, Composition(mod), get(layer, names["output_norm"])) if renormalised
                     else Site(delta, Composition(mod)))
             sites.append(site)
-            self.handles.append(_HOOKS[read_side](get(layer, names[read_at]), site.read))
-            self.handles.append(_HOOKS[write_side](get(layer, names[write_at]), site.write))
+            reader, writer = get(layer, names[read_at]), get(layer, names[write_at])
+            self.handles.append(_HOOKS[read_side](reader, site.read))
+            self.handles.append(_HOOKS[write_side](writer, site.write))
+            size = f"{sum(p.numel() for p in site.parameters()):,} parameters"
+            if reader is writer:
+                self._note(writer, f"{label} from the {read_side} into the {write_side} ({size})")
+            else:
+                self._note(reader, f"{label} reads the {read_side}")
+                self._note(writer, f"{label} into the {write_side} ({size})")
         parts["layers"] = sites
         return parts
 
-    def _build_prompt(self, mod: Modification) -> nn.ModuleDict:
+    def _build_prompt(self, index: int, mod: Modification) -> nn.ModuleDict:
         """Classifiers: the l vectors go after the first token, so [CLS]/<s> keeps position 0 for the head, and
         take positions like tokens. Encoder-decoders: before every token with no position of their own, as the
         official BART code (`prompt_tuning`: `ef_prefix_emb` joins the input after the positional embeddings are
@@ -236,57 +456,23 @@ class Attachment:
         encoder = get(self.base, self.arch.encoder)
         embed = get(encoder, self.arch.word_embeddings)
         prompt = Prompt(embed.embedding_dim, mod)
-        length = mod.size
         seq2seq = self.arch.decoder is not None
-        insert = _prepend if seq2seq else _insert_after_first
         positionless = seq2seq and self.arch.prompt_norm is not None  # else T5: relative positions only
         max_positions = None if seq2seq else getattr(getattr(encoder, "config", self.model.config),
                                                      "max_position_embeddings", None)
-
-        def vectors(like: torch.Tensor) -> torch.Tensor:
-            return prompt.vectors.to(like.dtype).expand(like.shape[0], -1, -1)
-
-        def before_encoder(module, args, kwargs):
-            inputs = _bind(module, args, kwargs)
-            if inputs.get("position_ids") is not None:
-                raise ConfigError("prompt tuning: explicit position_ids are not supported; leave them to the model")
-            embeds = inputs.get("inputs_embeds")
-            embeds = embed(inputs["input_ids"]) if embeds is None else embeds
-            batch = embeds.shape[0]
-            if max_positions is not None and embeds.shape[1] + length > max_positions:
-                raise ConfigError(f"prompt tuning: {embeds.shape[1]} tokens + {length} prompt vectors exceed the "
-                                  f"model's {max_positions} positions; shorten the input or the prompt")
-            # Without positions, zeros hold the prompt's place until the positional embeddings have been added.
-            inputs["inputs_embeds"] = insert(embeds, torch.zeros_like(vectors(embeds)) if positionless
-                                             else vectors(embeds))
-            inputs["input_ids"] = None
-            for name, fill in (("attention_mask", 1), ("token_type_ids", 0)):
-                if inputs.get(name) is not None:
-                    x = inputs[name]
-                    inputs[name] = insert(x, torch.full((batch, length), fill, dtype=x.dtype, device=x.device))
-            return (), inputs
-
-        def before_decoder(module, args, kwargs):
-            inputs = _bind(module, args, kwargs)
-            mask, states = inputs.get("encoder_attention_mask"), inputs.get("encoder_hidden_states")
-            if mask is None or states is None or mask.shape[-1] + length != states.shape[1]:
-                return None
-            inputs["encoder_attention_mask"] = insert(mask, mask.new_ones(mask.shape[0], length))
-            return (), inputs
-
-        self.handles.append(encoder.register_forward_pre_hook(before_encoder, with_kwargs=True))
+        hooks = _PromptHooks(prompt, embed, _prepend if seq2seq else _insert_after_first, positionless,
+                             max_positions)
+        self.handles.append(encoder.register_forward_pre_hook(hooks.before_encoder, with_kwargs=True))
+        self._note(encoder, f"{_label(index, mod)} vectors inserted into the input ({prompt.vectors.numel():,} "
+                            "parameters)")
         if positionless:
             positions, norm = get(encoder, self.arch.prompt_positions), get(encoder, self.arch.prompt_norm)
-            # The real tokens get positions 0..T-1 (the first T of the lengthened input), the prompt none ...
-            self.handles.append(positions.register_forward_pre_hook(
-                lambda _, args: (args[0][:, :args[0].shape[1] - length], *args[1:])))
-            self.handles.append(positions.register_forward_hook(
-                lambda _, __, out: _prepend(out, out.new_zeros(out.shape[0], length, out.shape[-1]))))
-            # ... and the vectors replace their placeholders in the sum that the embedding LayerNorm reads.
-            self.handles.append(_on_input(norm, lambda x: torch.cat([vectors(x), x[:, length:]], dim=1)))
+            self.handles.append(positions.register_forward_pre_hook(hooks.before_positions))
+            self.handles.append(positions.register_forward_hook(hooks.after_positions))
+            self.handles.append(_on_input(norm, hooks.into_norm))
         if seq2seq:
             decoder = get(self.base, self.arch.decoder)
-            self.handles.append(decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
+            self.handles.append(decoder.register_forward_pre_hook(hooks.before_decoder, with_kwargs=True))
         return nn.ModuleDict({"prompt": prompt})
 
     def _unfreeze(self) -> None:
@@ -307,6 +493,11 @@ class Attachment:
                 p.requires_grad_(True)
 
     # queries --------------------------------------------------------------------------------------------------
+    def _check_attached(self, action: str) -> None:
+        if self.model.__dict__.get("_unipeft") is not self:
+            raise RuntimeError(f"{action}: this attachment was detached from its model; attach the method again "
+                               "(unipeft.attach or unipeft.load) to use it")
+
     def head_parameters(self) -> dict[str, nn.Parameter]:
         """Task-head parameters: those of the model outside its base model (a tied LM head is not one)."""
         in_base = {id(p) for p in self.base.parameters()}
@@ -318,6 +509,7 @@ class Attachment:
 
     def state_dict(self, fold: bool = True) -> dict[str, torch.Tensor]:
         """Every trained tensor, by its name in the model; `fold` stores prefix MLPs as their output vectors."""
+        self._check_attached("state_dict()")
         state = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         if fold:
             for name, module in self.container.named_modules():
@@ -328,16 +520,31 @@ class Attachment:
                         state[prefix + "vectors"] = module.compute().detach()
         return {n: t.contiguous() for n, t in state.items()}
 
+    def summary(self) -> str:
+        """What is attached where: a line for the method, then one per adapted sublayer, by its path in the model."""
+        self._check_attached("summary()")
+        counts = self.counts()
+        lines = [f"{self.method.name}: {counts.trainable:,} trainable parameters ({counts.trainable_percent}% of the "
+                 f"base model, {counts.head:,} of them the task head); base weights trained: {self.method.unfreeze}"]
+        for name, module in self.model.named_modules():
+            annotation = module.__dict__.get("extra_repr")
+            if isinstance(annotation, _Annotation):
+                lines.append(f"  {name}: {'; '.join(annotation.notes)}")
+        return "\n".join(lines)
+
     # actions --------------------------------------------------------------------------------------------------
     def counts(self, paper_denominator: int | None = None):
         from .accounting import counts
+        self._check_attached("counts()")
         return counts(self, paper_denominator)
 
     def save(self, directory) -> None:
         from .checkpoint import save
+        self._check_attached("save()")
         save(self, directory)
 
-    def _mergeable(self) -> list[tuple[Site, nn.Linear]]:
+    def _mergeable(self, action: str) -> list[tuple[Site, nn.Linear]]:
+        self._check_attached(action)
         pairs = []
         for mod, per_target in zip(self.method.modifications, self.container):
             if not (mod.position in PROJECTIONS and mod.insertion == "parallel" and mod.function == "identity"
@@ -355,26 +562,56 @@ class Attachment:
     @torch.no_grad()
     def merge(self) -> None:
         """Fold every LoRA-style Δh into its projection: W ← W + s·W_up W_down."""
-        for site, linear in self._mergeable():
+        for site, linear in self._mergeable("merge()"):
             if not site.merged:
                 linear.weight += site.compose.scale * site.delta.delta_weight()
                 site.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        for site, linear in self._mergeable():
+        for site, linear in self._mergeable("unmerge()"):
             if site.merged:
                 linear.weight -= site.compose.scale * site.delta.delta_weight()
                 site.merged = False
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """`with attachment.disabled():` runs the base model: every hook passes its input through, nothing is
+        removed. A trained task head stays (it is the model's own module)."""
+        self._check_attached("disabled()")
+        if self.method.unfreeze != "none":
+            raise RuntimeError(f"disabled(): method {self.method.name!r} trains the base weights themselves "
+                               f"(unfreeze: {self.method.unfreeze}); there is no untouched base model to run")
+        if any(s.merged for s in self.sites()):
+            raise RuntimeError("disabled(): the LoRA-style Δh are merged into the base weights; unmerge() first")
+        switches = [m for m in self.container.modules() if hasattr(m, "enabled")]
+        for module in switches:
+            module.enabled = False
+        if self.previous_attention is not None:
+            self.model.set_attn_implementation(self.previous_attention)
+        try:
+            yield self.model
+        finally:
+            for module in switches:
+                module.enabled = True
+            if self.previous_attention is not None:
+                self.model.set_attn_implementation(attention.IMPLEMENTATION)
 
     def _remove_hooks(self) -> None:
         for handle in self.handles:
             handle.remove()
         for core in self.prefixed:
             core.__dict__.pop("_unipeft_prefixes", None)
+        for module in self.annotated:
+            module.__dict__.pop("extra_repr", None)
+        if isinstance(self.model.__dict__.get("generate"), _GenerateOnce):
+            del self.model.__dict__["generate"]
 
     def detach(self) -> None:
-        """Remove hooks and modules (unmerging first), leaving the base model as it was, still frozen."""
+        """Remove hooks and modules (unmerging first), leaving the base model as it was, still frozen. A second
+        call does nothing."""
+        if self.model.__dict__.get("_unipeft") is not self:
+            return
         if any(s.merged for s in self.sites()):
             self.unmerge()
         self._remove_hooks()
@@ -385,9 +622,10 @@ class Attachment:
 
 
 def attach(model: nn.Module, method: str | dict | Method, *, attn_bn: int | None = None, ffn_bn: int | None = None,
-           scale: float | str | None = None) -> Attachment:
-    """Freeze `model` and attach `method` (a preset name, a mapping or a Method), optionally re-budgeted."""
-    return Attachment(model, resolve(method).with_budget(attn_bn, ffn_bn, scale))
+           scale: float | str | None = None, adapter_dtype: str | torch.dtype = "auto") -> Attachment:
+    """Freeze `model` and attach `method` (a preset name, a mapping or a Method), optionally re-budgeted.
+    `adapter_dtype` 'auto' keeps the adapter in fp32 on an fp16/bf16 model ('base': the model's dtype)."""
+    return Attachment(model, resolve(method).with_budget(attn_bn, ffn_bn, scale), adapter_dtype)
 
 
 def attachment_of(model: nn.Module) -> Attachment:

@@ -67,7 +67,7 @@ def _attend(query, key, value, mask, scaling, dropout, training, bias):
 
 
 def unipeft_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    slots = module.__dict__.get("_unipeft_prefixes")
+    slots = [s for s in module.__dict__.get("_unipeft_prefixes", ()) if s.vectors.enabled]
     if not slots:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)

@@ -44,6 +44,7 @@ class Bottleneck(nn.Module):
         _init_bottleneck(self.down, self.up, mod.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.down.weight.dtype)
         if self.norm_in is not None:
             x = self.norm_in(x)
         if self.function == "identity":
@@ -61,13 +62,19 @@ class Bottleneck(nn.Module):
         return self.up.weight @ self.down.weight
 
 
+def _keep(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class PrefixVectors(nn.Module):
     """P_k and P_v of every layer of one attention type, shape (layers, 2, l, d).
 
     `mlp` is Li & Liang's re-parameterisation (Embedding(l, d) → Linear(d, mid) → tanh → Linear(mid, 2·layers·d)),
     a training-time cost that `fold()` removes; `direct` learns the vectors themselves, N(0, 0.02).
-    The vectors are computed once per forward pass and shared by all layers; with gradients off they are
-    reused until a parameter changes, so `generate` computes them once, not once per decoding step.
+
+    The vectors are computed once per pass and shared by all layers; the attachment opens a pass around each forward
+    of the model and around each `generate` call. Nothing is kept between passes, so writes through `.data`, dtype
+    and device moves are always seen.
     """
 
     def __init__(self, layers: int, d: int, mod: Modification):
@@ -80,8 +87,9 @@ class PrefixVectors(nn.Module):
             self.vectors = nn.Parameter(torch.randn(self.shape) * 0.02)
         if mod.init == "lora":
             self._zero_values()
-        self._cache: tuple[object, torch.Tensor] | None = None
-        self.forward_id = 0  # a new autograd graph is needed per training step
+        self.enabled = True  # False inside Attachment.disabled()
+        self._pass: dict[bool, torch.Tensor] | None = None  # this pass's vectors, by grad mode
+        self._depth = 0  # passes nest: a forward inside generate joins generate's
 
     @torch.no_grad()
     def _zero_values(self) -> None:
@@ -103,17 +111,33 @@ class PrefixVectors(nn.Module):
         return out.view(l, self.shape[0], 2, d).permute(1, 2, 0, 3)
 
     def forward(self) -> torch.Tensor:
+        if self._pass is None:
+            # Outside a pass: a sublayer run on its own, or a checkpointed layer recomputed during backward. A
+            # reentrant checkpoint needs this: its backward runs once per layer, so each layer needs a graph of the
+            # MLP of its own. The saved-tensor hooks are bypassed so that a non-reentrant checkpoint's recomputation
+            # saves exactly what its first run saved (the MLP ran outside it, in prime()).
+            with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+                return self.compute()
         grad = torch.is_grad_enabled()
-        key = (grad, self.forward_id if grad else None, tuple(p._version for p in self.parameters()))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.compute())
-        return self._cache[1]
+        if grad not in self._pass:
+            self._pass[grad] = self.compute()
+        return self._pass[grad]
 
-    def start_forward(self) -> None:
-        """Called before the layers run, outside any activation checkpoint, so that a recomputed layer finds
-        the same vectors instead of re-running the MLP (which would change what the checkpoint saved)."""
-        self.forward_id += 1
-        self()
+    def open(self) -> None:
+        if self._depth == 0:
+            self._pass = {}
+        self._depth += 1
+
+    def close(self) -> None:
+        self._depth = max(self._depth - 1, 0)
+        if self._depth == 0:
+            self._pass = None
+
+    def prime(self) -> None:
+        """Computes the vectors before the layers run, outside any activation checkpoint, so that a checkpoint
+        never records the MLP."""
+        if self.enabled:
+            self()
 
     def paper_params(self) -> int:
         return math.prod(self.shape)
@@ -142,10 +166,12 @@ class MultiHeadBottleneck(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm_in is not None:
-            x = self.norm_in(x)
-        q = (self._query[0](x) * self.scaling).unflatten(-1, (self.heads, -1))  # (B, T, H, dh)
         p_k, p_v = self._vectors[0]()[self.layer].unflatten(-1, (self.heads, -1)).unbind(0)  # (l, H, dh)
+        query = self._query[0]
+        if self.norm_in is not None:
+            x = self.norm_in(x.to(self.norm_in.weight.dtype))
+        # W_q is the base model's (its dtype), P_k, P_v the adapter's
+        q = (query(x.to(query.weight.dtype)) * self.scaling).to(p_k.dtype).unflatten(-1, (self.heads, -1))
         hidden = torch.einsum("bthd,lhd->bthl", q, p_k)
         hidden = self.dropout(torch.relu(hidden) if self.function == "relu" else hidden)
         return torch.einsum("bthl,lhd->bthd", hidden, p_v).flatten(-2)
@@ -160,6 +186,7 @@ class Prompt(nn.Module):
     def __init__(self, d: int, mod: Modification):
         super().__init__()
         self.vectors = nn.Parameter(torch.randn(mod.size, d) * 0.02)
+        self.enabled = True  # False inside Attachment.disabled()
 
     def paper_params(self) -> int:
         return self.vectors.numel()
