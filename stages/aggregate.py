@@ -17,12 +17,14 @@ grid, `results/<name>` for the paper's tables and figures, conf/grid/<name>.yaml
   % of parameters, one line per method, full fine-tuning dashed; the CSV (method,run,params_percent,score,
   and in the real profile paper_params_percent,paper_score) is DVC plot data.
 
-Everything is read and computed before anything is written: a missing or stale metrics file gives one
+Everything is read and computed before anything is written, and each output directory is swapped in whole
+(a kill leaves it as it was or as new); a missing or stale metrics file gives one
 line, `error: <file>: ...`, exit status 1, and no output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -32,8 +34,21 @@ from unipeft_bench.errors import DataError
 
 def aggregate(params: dict, root: Path = Path(".")) -> list[str]:
     outputs, report = aggregation.build(params, root)
-    aggregation.write_outputs(outputs)
+    write_directories(outputs)
     return report
+
+
+def write_directories(outputs: dict[Path, str | bytes]) -> None:
+    """Each output directory (tables/, plots/) staged whole and swapped in at the end, so that a process killed
+    at any point leaves each as the previous run wrote it or as this one does: never half a file, never new tables
+    beside old ones, never the files of a run or task that left the grid."""
+    by_directory: dict[Path, dict[str, str | bytes]] = {}
+    for path, content in outputs.items():
+        by_directory.setdefault(path.parent, {})[path.name] = content
+    with contextlib.ExitStack() as swaps:  # every directory written before the first swap
+        for directory, files in by_directory.items():
+            staging = swaps.enter_context(io.atomic_directory(directory))
+            aggregation.write_outputs({staging / name: content for name, content in files.items()})
 
 
 def main() -> int:

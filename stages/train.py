@@ -7,13 +7,13 @@
 HF Trainer (Seq2SeqTrainer for generation tasks) with the library attached, the task's hyperparameters from
 train.<profile>.<task>, DVCLive through transformers' callback, checkpoint selection as the paper (ROUGE-2,
 loss, accuracy). Checkpoints go to checkpoints/<run>/ and an interrupted run resumes from the last one.
-Writes runs/<run>/ (adapter_model.safetensors, adapter_config.json, training.json), or nothing on an error.
+Writes runs/<run>/ (adapter_model.safetensors, unipeft_config.json, training.json), or nothing on an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,16 +22,17 @@ from unipeft_bench.errors import DataError
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.models import resolve as resolve_model
-from unipeft_bench.training import (check_settings, compute_metrics_for, divergence_guard, early_stopping,
-                                    inputs_identity, peak_memory_mb, resolved_settings, resumable_trainer,
-                                    resume_point, training_arguments, training_clock)
+from unipeft_bench.training import (abandon_checkpoints, check_settings, compute_metrics_for, divergence_guard,
+                                    early_stopping, inputs_identity, peak_memory_mb, processes, resolved_settings,
+                                    remove_checkpoints, resumable_trainer, resume_point, training_arguments,
+                                    training_clock)
 
 
 def method_for(run: Run, settings: dict):
     """The run's method; `train_head: false` keeps the task head at its (seeded) random initialisation, as the
     official code did: PETLEncModel (petl/petl_enc_model.py) trains only `ef_*` parameters, so RoBERTa's
     classification head never trained on GLUE (exps/run_glue.sh). Set on the Method rather than by freezing
-    parameters after attaching, so that the saved adapter_config.json says so and evaluate loads it as trained.
+    parameters after attaching, so that the saved unipeft_config.json says so and evaluate loads it as trained.
     Methods that unfreeze all (full fine-tuning) still train the head, as the official full fine-tuning did."""
     import dataclasses
 
@@ -100,21 +101,33 @@ def train(run: Run, settings: dict) -> dict:
         from unipeft_bench.token_batching import token_batching_trainer
 
         trainer_class = token_batching_trainer(trainer_class, sampler)
-    fingerprint = run.fingerprint({**settings, "inputs": inputs_identity(data_dir, resolve_model(run.model))})
-    with Live(str(run.live_dir), dvcyaml=None, save_dvc_exp=False) as live:
+    if processes() > 1 and args.world_size != processes():  # else each process would train alone and write
+        raise DataError(f"launched as {processes()} processes but the Trainer sees {args.world_size}: no "
+                        f"distributed backend for device {args.device}")
+    stopping = early_stopping(settings, run)  # refused here, before Live below clears the previous run's curves
+    fingerprint = run.fingerprint({**settings, "inputs": inputs_identity(data_dir, resolve_model(run.model)),
+                                   # another number of processes is another global batch: start over
+                                   **({"processes": processes()} if processes() > 1 else {})})
+    with args.main_process_first(local=False, desc="checkpoints"):  # the others read what the main one cleared
         resume_from = resume_point(run.checkpoint_dir, fingerprint)
-        clock = training_clock(resume_from)  # counts the interrupted parts too
-        trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_set,
-                                eval_dataset=validation.select_columns(columns),
-                                processing_class=tokenizer,
-                                callbacks=[DVCLiveCallback(live=live), clock, divergence_guard(),
-                                           *early_stopping(settings, run)],
-                                compute_metrics=None if settings["select"] == "loss" else
-                                compute_metrics_for(task.metric, tokenizer))
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        trainer.train(resume_from_checkpoint=resume_from)
-        seconds = clock.seconds
+    main = args.process_index == 0  # the only one to write curves and outputs
+    try:
+        with Live(str(run.live_dir), dvcyaml=None, save_dvc_exp=False) if main else contextlib.nullcontext() as live:
+            clock = training_clock(resume_from)  # counts the interrupted parts too
+            trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_set,
+                                    eval_dataset=validation.select_columns(columns),
+                                    processing_class=tokenizer,
+                                    callbacks=[*([DVCLiveCallback(live=live)] if main else []), clock,
+                                               divergence_guard(), *stopping],
+                                    compute_metrics=None if settings["select"] == "loss" else
+                                    compute_metrics_for(task.metric, tokenizer))
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            trainer.train(resume_from_checkpoint=resume_from)
+            seconds = clock.seconds
+    except BaseException as error:
+        abandon_checkpoints(run.checkpoint_dir, error)
+        raise
     state = trainer.state
     report = {"steps": state.global_step, "max_steps": state.max_steps,
               "stopped_early": state.global_step < state.max_steps, "seconds": round(seconds, 1),
@@ -124,13 +137,14 @@ def train(run: Run, settings: dict) -> dict:
               "precision": "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32",
               "learning_rate": args.learning_rate, "train_examples": len(data["train"]),
               "batches": (f"at most {settings['max_tokens_per_batch']} tokens (padded), {len(sampler)} per epoch"
-                          if sampler else f"{args.per_device_train_batch_size} examples"),
+                          if sampler else f"{args.per_device_train_batch_size} examples")
+                         + (f" in each of {args.world_size} processes" if args.world_size > 1 else ""),
               "head_trained": _head_trained(attachment)}
-    if trainer.is_world_process_zero():
+    if main:
         with io.atomic_directory(run.adapter_dir) as staging:
             attachment.save(staging)
             (staging / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+        remove_checkpoints(run.checkpoint_dir)  # finished: nothing left to resume
     return report
 
 

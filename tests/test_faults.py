@@ -4,6 +4,7 @@ saving a checkpoint or its output, a rerun on other data, and the training time 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 
@@ -64,10 +65,14 @@ def test_resume_skips_and_removes_checkpoints_whose_save_was_cut_short(tmp_path)
         (directory / f"checkpoint-{step}" / "model.safetensors").write_text("")
         if state is not None:
             (directory / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+            (directory / f"checkpoint-{step}" / "unipeft_config.json").write_text("{}")  # the adapter
     assert resume_point(directory, "aaa") == str(directory / "checkpoint-2")
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoint-2", "run.json"]
     shutil.rmtree(directory / "checkpoint-2")
     (directory / "checkpoint-8").mkdir()
+    assert resume_point(directory, "aaa") is None and sorted(p.name for p in directory.iterdir()) == ["run.json"]
+    (directory / "checkpoint-9").mkdir()  # a whole-model checkpoint of before adapter-only ones: not resumed from
+    (directory / "checkpoint-9" / "trainer_state.json").write_text("{}")
     assert resume_point(directory, "aaa") is None and sorted(p.name for p in directory.iterdir()) == ["run.json"]
 
 
@@ -187,3 +192,228 @@ def test_a_diverging_run_stops_in_one_line_and_writes_nothing(sentiment_project,
         train(RUN, {**SETTINGS, "log_every": log_every})
     assert "\n" not in str(err.value) and (log_every > 1 or "at step 3: loss" in str(err.value))
     assert not (sentiment_project / "runs").exists() and not RUN.metrics_path.exists()  # no adapter, no score
+    assert not (sentiment_project / "checkpoints").exists()  # a rerun would diverge again: nothing to resume
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_leaves_no_checkpoint_folder(sentiment_project, monkeypatch):
+    """Nothing to resume from: no checkpoints/<run>/run.json (nor empty checkpoints/<task>/) left behind."""
+    from transformers import Trainer
+
+    from train import train
+
+    step = Trainer.training_step
+
+    def interrupted_at_step_1(self, *args, **kwargs):
+        if self.state.global_step == 1:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupted_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(RUN, SETTINGS)
+    assert not (sentiment_project / "checkpoints").exists() and not (sentiment_project / "runs").exists()
+
+
+@pytest.mark.parametrize("marker", ['{"fingerp', "", "[1, 2]", "\udcff"])  # killed while writing it, or damaged
+def test_an_unreadable_checkpoint_marker_means_starting_over(tmp_path, marker):
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    (directory / "run.json").write_text(marker, errors="surrogateescape")
+    (directory / "checkpoint-2").mkdir()
+    (directory / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (directory / "checkpoint-2" / "unipeft_config.json").write_text("{}")  # the adapter (unipeft.trainer)
+    assert resume_point(directory, "aaa") is None
+    assert sorted(p.name for p in directory.iterdir()) == ["run.json"]
+    assert json.loads((directory / "run.json").read_text()) == {"fingerprint": "aaa"}
+
+
+def _previous_curves(run) -> dict[str, str]:
+    """A finished run's DVCLive files, as the train stage leaves them beside its adapter."""
+    files = {"plots/metrics/loss.tsv": "step\tloss\n0\t0.5\n", "metrics.json": '{"loss": 0.5}\n'}
+    for name, content in files.items():
+        (run.live_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run.live_dir / name).write_text(content)
+    return files
+
+
+def test_a_run_refused_before_training_leaves_the_previous_curves_untouched(sentiment_project):
+    """Run directly (DVC would have removed them already): a refused setting must not clear the curves of the
+    run whose adapter stays in place; early_stopping_patience is checked after the model is built."""
+    from train import train
+
+    previous = _previous_curves(RUN)
+    with pytest.raises(DataError, match="early_stopping_patience: expected a positive number"):
+        train(RUN, {**SETTINGS, "early_stopping_patience": 0})
+    assert {name: (RUN.live_dir / name).read_text() for name in previous} == previous
+    assert not (sentiment_project / "checkpoints").exists()
+
+
+def test_a_run_that_starts_training_never_shows_the_previous_runs_curves(sentiment_project, monkeypatch):
+    """Once training starts, the curves are the new run's only (Live clears the old ones), even where it then
+    fails: no old points mixed with new ones."""
+    from transformers import Trainer
+
+    from train import train
+
+    _previous_curves(RUN)
+    step = Trainer.training_step
+
+    def interrupted_at_step_1(self, *args, **kwargs):
+        if self.state.global_step == 1:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupted_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(RUN, {**SETTINGS, "log_every": 1})
+    for name, old in (("plots/metrics/loss.tsv", "\t0.5\n"), ("metrics.json", '"loss": 0.5}')):
+        assert not (RUN.live_dir / name).exists() or old not in (RUN.live_dir / name).read_text(), name
+
+
+# The aggregate stage killed (SIGKILL) at its n-th write: each file write, each rename, each directory swap.
+KILLED_AGGREGATE = """
+import os, pathlib, signal, sys
+sys.path.insert(0, sys.argv[1])
+from unipeft_bench import io
+
+events, kill_at = [0], int(os.environ["KILL_AT"])
+def counted(do):
+    def event(*args):
+        events[0] += 1
+        if events[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return do(*args)
+    return event
+pathlib.Path.write_bytes, os.replace = counted(pathlib.Path.write_bytes), counted(os.replace)
+if hasattr(io, "_exchange"):  # the directory swaps
+    io._exchange = counted(io._exchange)
+import aggregate
+code = aggregate.main()
+print("events", events[0])
+sys.exit(code)
+"""
+
+
+def _outputs(root) -> dict[str, dict[str, bytes]]:
+    return {name: {p.name: p.read_bytes() for p in (root / "results" / name).iterdir()}
+            for name in ("tables", "plots")}
+
+
+def _put(root, outputs: dict[str, dict[str, bytes]]) -> None:
+    shutil.rmtree(root / "results", ignore_errors=True)
+    for name, files in outputs.items():
+        (root / "results" / name).mkdir(parents=True)
+        for file, content in files.items():
+            (root / "results" / name / file).write_bytes(content)
+
+
+def test_the_aggregate_stage_killed_at_any_write_leaves_each_output_directory_old_or_new(tmp_path, monkeypatch):
+    """kill -9 at the first write, in the middle, at the last file, and between the two directory swaps: tables/
+    and plots/ are each exactly the previous run's or exactly the new one's, never a mix, never a half or
+    temporary file; the next run completes and leaves no staging folder behind."""
+    import subprocess
+    import sys
+
+    import aggregate
+    from test_aggregate import write_workspace
+    from test_pipeline import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    write_workspace(tmp_path, ["full", "lora"], [1, 2], generation=["summarization"], classification=["sentiment"])
+    assert aggregate.main() == 0
+    previous = _outputs(tmp_path)
+    write_workspace(tmp_path, ["full", "lora", "prefix"], [1, 2], generation=["summarization"],
+                    classification=["sentiment"])  # one more run: every table and plot changes
+    assert aggregate.main() == 0
+    new = _outputs(tmp_path)
+    assert all(previous[d][f] != new[d][f] for d in new for f in new[d])
+    (tmp_path / "killed.py").write_text(KILLED_AGGREGATE)
+
+    def killed_at(event: int) -> subprocess.CompletedProcess:
+        _put(tmp_path, previous)
+        return subprocess.run([sys.executable, "killed.py", str(ROOT / "stages")], env={
+            **os.environ, "KILL_AT": str(event), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+
+    done = killed_at(0)  # never killed: how many events a whole run has
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = int(done.stdout.split("events ")[-1])
+    assert _outputs(tmp_path) == new and events >= 2 * 8  # 8 files (write, rename), and the swaps
+    for event in (1, 2, events // 2, events - 2, events - 1, events):
+        killed = killed_at(event)
+        assert killed.returncode == -9, (event, killed.stderr[-2000:])
+        left = _outputs(tmp_path)
+        for directory in ("tables", "plots"):
+            assert left[directory] in (previous[directory], new[directory]), (event, directory)
+    assert left["plots"] == new["plots"] and left["tables"] == previous["tables"]  # killed between the swaps
+    done = subprocess.run([sys.executable, "killed.py", str(ROOT / "stages")], env={**os.environ, "KILL_AT": "0"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and _outputs(tmp_path) == new
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["plots", "tables"]  # no staging left
+
+
+# Loaded by every Python process of the test's `dvc repro` (DVC and the stage commands): kills the whole process
+# group, DVC included, at KILL_DVC_AT: "command" as the tokenize stage's command starts (DVC has removed its
+# output), "commit" as DVC starts to store the finished output (before dvc.lock records it).
+KILL_DVC = """
+import os, signal, sys
+where = os.environ.get("KILL_DVC_AT")
+if where == "command" and sys.argv and sys.argv[0].endswith("tokenize_splits.py"):
+    os.killpg(0, signal.SIGKILL)
+if where == "commit" and sys.argv and sys.argv[0].endswith("dvc"):
+    from dvc.stage import Stage
+
+    commit = Stage.commit
+    def killed(self, *args, **kwargs):
+        if self.addressing == "tokenize@sentiment":
+            os.killpg(0, signal.SIGKILL)
+        return commit(self, *args, **kwargs)
+    Stage.commit = killed
+"""
+
+
+@pytest.mark.slow
+def test_dvc_killed_during_repro_recovers_on_the_next_repro_with_identical_results(tmp_path):
+    """kill -9 of `dvc repro` itself (and its stage command) on a temporary copy of the project, in two places;
+    the next `dvc repro` completes with no manual step, and the outputs and dvc.lock are those of an uninterrupted
+    run. About 40 s."""
+    import subprocess
+
+    import data_fixtures as fx
+    import yaml
+    from test_pipeline import BIN, ROOT, dvc, git, tiny_params, write_tiny_conf
+
+    repo = tmp_path / "repo"
+    for name in ("stages", "src"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    write_tiny_conf(repo, tiny_params())
+    fx.offline_assets(repo / "assets")
+    (repo / ".gitignore").write_text("/assets/\n/checkpoints/\n")
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "project")
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(KILL_DVC)
+
+    def outputs() -> dict[str, bytes]:
+        out = repo / "data" / "tokenized" / "sentiment"
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    def lock() -> dict:
+        return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+    dvc(repo, "repro", "tokenize@sentiment")
+    uninterrupted, uninterrupted_lock = outputs(), lock()
+    for where in ("command", "commit"):
+        killed = subprocess.run([str(BIN / "dvc"), "repro", "--force", "--single-item", "tokenize@sentiment"],
+                                cwd=repo, capture_output=True, text=True, start_new_session=True, env={
+                                    **os.environ, "KILL_DVC_AT": where, "DVC_NO_ANALYTICS": "1",
+                                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                                    "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"),
+                                                                   os.environ.get("PYTHONPATH", "")])})
+        assert killed.returncode == -9, (where, killed.stdout[-2000:], killed.stderr[-2000:])
+        dvc(repo, "repro", "tokenize@sentiment")  # no lock to remove by hand, no `dvc checkout`
+        assert outputs() == uninterrupted and lock() == uninterrupted_lock, where
+        assert "up to date" in dvc(repo, "status", "tokenize@sentiment"), where

@@ -97,6 +97,7 @@ def test_resume_only_from_a_checkpoint_of_the_same_configuration(tmp_path):
     assert json.loads((directory / "run.json").read_text()) == {"fingerprint": "aaa"}
     (directory / "checkpoint-4").mkdir()
     (directory / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (directory / "checkpoint-4" / "unipeft_config.json").write_text("{}")  # the adapter (unipeft.trainer)
     assert resume_point(directory, "aaa") == str(directory / "checkpoint-4")
     assert resume_point(directory, "bbb") is None and not (directory / "checkpoint-4").exists()
 
@@ -109,6 +110,7 @@ def test_only_the_main_process_clears_or_marks_the_checkpoints(tmp_path, monkeyp
     resume_point(directory, "aaa")
     (directory / "checkpoint-4").mkdir()
     (directory / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (directory / "checkpoint-4" / "unipeft_config.json").write_text("{}")  # the adapter (unipeft.trainer)
     monkeypatch.setenv("RANK", "1")
     assert resume_point(directory, "aaa") == str(directory / "checkpoint-4")
     assert resume_point(directory, "bbb") is None and (directory / "checkpoint-4").is_dir()
@@ -165,6 +167,8 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_p
     from safetensors.torch import load_file
     from transformers import Trainer
 
+    from unipeft.trainer import AdapterCheckpointsMixin
+
     from train import train
 
     settings = {"steps": 10, "batch_size": 4, "eval_batch_size": 8, "eval_every": 4, "eval_examples": 8,
@@ -172,13 +176,13 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_p
                 "group_by_length": True}
     run = Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=3, model="minilm")
     step, batches, last_step = Trainer.training_step, {}, []
-    load_best = Trainer._load_best_model
+    load_best = AdapterCheckpointsMixin._load_best_model
 
     def keep_last_step(self):  # the trained weights at step 10, before the best checkpoint replaces them
         last_step.append({n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad})
         return load_best(self)
 
-    monkeypatch.setattr(Trainer, "_load_best_model", keep_last_step)
+    monkeypatch.setattr(AdapterCheckpointsMixin, "_load_best_model", keep_last_step)
 
     def record(self, model, inputs, *args, **kwargs):  # the batch each step trains on
         batches.setdefault(self.state.global_step, inputs["input_ids"].tolist())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import json
 import os
@@ -52,9 +53,25 @@ def atomic_directory(final: str | os.PathLike):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if final.exists():
+    if not final.exists():
+        os.replace(staging, final)
+    elif _exchange(staging, final):  # one step: no moment without `final`, even under kill -9
+        shutil.rmtree(staging)  # the previous output, now under the staging name
+    else:  # no renameat2 here: a short moment without `final`
         shutil.rmtree(final)
-    os.replace(staging, final)
+        os.replace(staging, final)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths' names atomically (Linux renameat2 RENAME_EXCHANGE); False where the system or the file
+    system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    return renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -147,7 +147,16 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int, 
         adam_beta2=settings.get("adam_beta2", 0.999), adam_epsilon=settings.get("adam_epsilon", 1e-8),
         label_smoothing_factor=settings.get("label_smoothing", 0.0), fp16=settings.get("fp16", False),
         bf16=settings.get("bf16", False),
-        use_cpu=settings.get("bf16", False) and not torch.cuda.is_available(),  # Trainer's condition for CPU bf16
+        # Trainer's condition for CPU bf16, and for several CPU processes: without it accelerate finds no backend
+        # for them and each process trains alone on all the data, each writing the outputs (world size 1)
+        use_cpu=(settings.get("bf16", False) or processes() > 1) and not torch.cuda.is_available(),
+        # The models' losses are means over their own process's batch and ignore num_items_in_batch, which Trainer
+        # would still multiply by the number of processes (a doubled loss and gradient with two); only the label
+        # smoother divides by the tokens of all processes, and needs that product. One process: no effect.
+        average_tokens_across_devices=bool(settings.get("label_smoothing", 0.0)),
+        # Several processes: a parameter without a gradient on some step (a prefix MLP whose vectors came from a
+        # cache, a head frozen by train_head: false) must not stop DDP, whatever Trainer infers from the model.
+        ddp_find_unused_parameters=True,
         eval_strategy="epoch" if by_epoch else "steps", save_strategy="epoch" if by_epoch else "steps",
         eval_steps=None if by_epoch else settings["eval_every"], save_steps=None if by_epoch else settings["eval_every"],
         logging_steps=settings.get("log_every", 10),
@@ -187,6 +196,8 @@ def resumable_trainer(trainer_class):
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    from unipeft.trainer import AdapterCheckpointsMixin
+
     class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         def __init__(self, batch_size: int, lengths: list[int], seed: int):
             super().__init__(batch_size, lengths=lengths)
@@ -199,12 +210,17 @@ def resumable_trainer(trainer_class):
             self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
             return super().__iter__()
 
-    class ResumableTrainer(trainer_class):
+    # checkpoints of only what trains (unipeft.trainer): a BART-large checkpoint would otherwise be 1.6 GB
+    class ResumableTrainer(AdapterCheckpointsMixin, trainer_class):
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if type(sampler) is LengthGroupedSampler and sampler.generator is None:
                 seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+                # Grouped by the batch of all processes (accelerate then deals its consecutive per-process
+                # batches out), so that N processes train on the global batches one process would train on; by
+                # Trainer's per-process batch size, the mega-batches, and so the batches, would change with N.
+                return EpochSeededLengthGroupedSampler(sampler.batch_size * self.args.world_size, sampler.lengths,
+                                                       seed)
             return sampler
 
     ResumableTrainer.__name__ = ResumableTrainer.__qualname__ = trainer_class.__name__
@@ -261,7 +277,7 @@ def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
     (RANK 0) clears and marks."""
     marker = checkpoint_dir / "run.json"
     if checkpoint_dir.is_dir():
-        same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        same = _marked(marker) == fingerprint
         complete, incomplete = _checkpoints(checkpoint_dir) if same else ([], [])
         if main_process():
             for checkpoint in incomplete:
@@ -278,6 +294,16 @@ def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
     return None
 
 
+def _marked(marker: Path) -> str | None:
+    """The fingerprint in run.json; None where it is missing or unreadable (a kill while writing it), which
+    only means starting over."""
+    try:
+        content = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return content.get("fingerprint") if isinstance(content, dict) else None
+
+
 def _checkpoints(checkpoint_dir: Path) -> tuple[list[Path], list[Path]]:
     """The checkpoint-N directories, complete and incomplete, by step. Trainer._save_checkpoint writes
     trainer_state.json last (after the weights, optimizer, scheduler and RNG states), so a checkpoint is complete
@@ -288,7 +314,9 @@ def _checkpoints(checkpoint_dir: Path) -> tuple[list[Path], list[Path]]:
 
     checkpoints = sorted((path for path in checkpoint_dir.glob("checkpoint-*")
                           if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit()), key=step)
-    complete = [path for path in checkpoints if _reads_as_json(path / TRAINER_STATE)]
+    # a checkpoint of the whole model (before adapter-only checkpoints) has no unipeft_config.json: cleared
+    complete = [path for path in checkpoints if _reads_as_json(path / TRAINER_STATE)
+                and (path / "unipeft_config.json").is_file()]
     return complete, [path for path in checkpoints if path not in complete]
 
 
@@ -344,6 +372,31 @@ def inputs_identity(data_dir: Path, model: str) -> dict:
 
 def main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def processes() -> int:
+    """How many processes torchrun or accelerate launched for this run (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def abandon_checkpoints(checkpoint_dir: Path, error: BaseException) -> None:
+    """After a failed run: its checkpoints stay only where a rerun can resume from them, i.e. after an interruption
+    (a kill, Ctrl-C) and once one is complete. A refusal (DataError: divergence, bad data) would fail again at the
+    same point from any checkpoint of the same configuration, so nothing of it is kept."""
+    if not main_process() or not checkpoint_dir.is_dir():
+        return
+    if isinstance(error, DataError) or not _checkpoints(checkpoint_dir)[0]:
+        remove_checkpoints(checkpoint_dir)
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    """The run's checkpoint folder, and the folders above it that it leaves empty (checkpoints/<task>/)."""
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    for parent in list(checkpoint_dir.parents)[:-1]:  # not the working directory itself
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (another run's checkpoints) or gone
+            break
 
 
 def peak_memory_mb() -> float:
