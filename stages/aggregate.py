@@ -15,7 +15,10 @@ grid, `results/<name>` for the paper's tables and figures, conf/grid/<name>.yaml
   only, and always exist (a kind without tasks says so);
 - plots/<task>.png, .csv: Figures 4-5, the task's primary score (R-2, BLEU, accuracy) against the
   % of parameters, one line per method, full fine-tuning dashed; the CSV (method,run,params_percent,score,
-  and in the real profile paper_params_percent,paper_score) is DVC plot data.
+  and in the real profile paper_params_percent,paper_score) is DVC plot data; error bars: the 95% t-interval
+  of the mean over seeds;
+- plots/<task>_validation.png, .csv: each run's validation score (the train stage's `select`) against the
+  epoch, mean over seeds, from the train stage's DVCLive logs: whether runs had reached their plateau.
 
 Everything is read and computed before anything is written, and each output directory is swapped in whole
 (a kill leaves it as it was or as new); a missing or stale metrics file gives one

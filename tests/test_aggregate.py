@@ -308,3 +308,20 @@ def test_grid_results_must_stay_inside_the_project(tmp_path, monkeypatch, capsys
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert run_stage(tmp_path, monkeypatch) == 1
     assert "grid.results must be a directory inside the project" in capsys.readouterr().err
+
+
+def test_validation_curves_place_each_evaluation_by_its_logged_epoch(tmp_path):
+    """DVCLive counts log calls, not training steps: the epoch logged at the same call places an evaluation."""
+    grid = aggregation.Grid("offline", (1, 2), ("lora", "full"), (), ("sentiment",))
+    for seed, accuracies in ((1, [70.0, 80.0, 75.0]), (2, [72.0, 78.0])):  # seed 2 stopped early
+        logs = tmp_path / "metrics/train/sentiment" / f"lora-seed{seed}" / "plots/metrics"
+        (logs / "eval").mkdir(parents=True)
+        # training logs (steps 1, 3, 5) between the evaluations (steps 2, 4, 6)
+        (logs / "epoch.tsv").write_text("step\tepoch\n" + "".join(
+            f"{step}\t{step / 10}\n" for step in range(1, 2 * len(accuracies) + 1)))
+        (logs / "eval/accuracy.tsv").write_text("step\taccuracy\n" + "".join(
+            f"{2 * k}\t{a}\n" for k, a in enumerate(accuracies, 1)))
+    curves = aggregation.validation_curves(grid, "sentiment", tmp_path)  # full logged nothing: no curve
+    assert curves.to_dict("list") == {"run": ["lora"] * 3, "epoch": [0.2, 0.4, 0.6], "score": [71.0, 79.0, 75.0],
+                                      "seeds": [2, 2, 1]}
+    assert aggregation.curves_png(curves, "sentiment", "offline").startswith(b"\x89PNG")

@@ -457,6 +457,49 @@ def plot_png(data: pd.DataFrame, task: str, profile: str) -> bytes:
     return buffer.getvalue()
 
 
+# ---- validation curves ----------------------------------------------------------------------------------------------
+# The train stage's checkpoint selection metric (`select`), the same in both profiles.
+VALIDATION_METRIC = {"summarization": "rouge2", "translation": "loss", "nli": "accuracy", "sentiment": "accuracy"}
+
+
+def validation_curves(grid: Grid, task: str, root: Path) -> pd.DataFrame:
+    """Each run's validation score against the epoch, averaged over the seeds that reached it, from the train
+    stage's DVCLive logs (metrics/train/<task>/<run>-seed<seed>/plots/metrics: DVCLive counts log calls, so the
+    epoch logged beside each evaluation places it); empty where no run logged one."""
+    metric, frames = VALIDATION_METRIC[task], []
+    for run in grid.runs:
+        for seed in grid.seeds:
+            logs = root / "metrics/train" / task / f"{run}-seed{seed}" / "plots/metrics"
+            if (logs / "eval" / f"{metric}.tsv").is_file() and (logs / "epoch.tsv").is_file():
+                scores = pd.read_csv(logs / "eval" / f"{metric}.tsv", sep="\t")
+                epochs = pd.read_csv(logs / "epoch.tsv", sep="\t")
+                frames.append(scores.merge(epochs, on="step").assign(run=run, seed=seed))
+    if not frames:
+        return pd.DataFrame(columns=["run", "epoch", "score", "seeds"])
+    long = pd.concat(frames).assign(epoch=lambda d: d["epoch"].round(3))
+    curves = long.groupby(["run", "epoch"], sort=False)[metric].agg(["mean", "count"]).reset_index()
+    return curves.rename(columns={"mean": "score", "count": "seeds"})
+
+
+def curves_png(curves: pd.DataFrame, task: str, profile: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 4.6), layout="constrained")
+    axes = figure.subplots()
+    for index, (run, points) in enumerate(curves.groupby("run", sort=False)):
+        axes.plot(points["epoch"], points["score"], marker=".", linewidth=1, color=f"C{index % 10}",
+                  linestyle=("-", "--", ":")[index // 10 % 3], label=run)
+    metric = VALIDATION_METRIC[task]
+    axes.set(xlabel="epoch", ylabel=f"validation {metric} (mean over seeds)",
+             title=f"{column_name(task, profile)}: validation {metric} during training")
+    axes.grid(True, alpha=0.3)
+    if not curves.empty:
+        axes.legend(fontsize="x-small", ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    buffer = bytes_io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    return buffer.getvalue()
+
+
 # ---- everything, in memory ------------------------------------------------------------------------------------------
 def report_line(task: str, data: pd.DataFrame, numeric: pd.DataFrame) -> str:
     labels = dict(zip(numeric["run"], numeric["label"]))
@@ -485,6 +528,10 @@ def build(params: dict, root: Path = Path(".")) -> tuple[dict[Path, str | bytes]
             data = plot_data(grid, task, numeric)
             outputs[root / grid.plots / f"{task}.csv"] = data.to_csv(index=False)
             outputs[root / grid.plots / f"{task}.png"] = plot_png(data, task, grid.profile)
+            curves = validation_curves(grid, task, root)
+            if not curves.empty:
+                outputs[root / grid.plots / f"{task}_validation.csv"] = curves.to_csv(index=False)
+                outputs[root / grid.plots / f"{task}_validation.png"] = curves_png(curves, task, grid.profile)
             report.append(report_line(task, data, numeric))
     return outputs, report
 
