@@ -238,3 +238,80 @@ def test_a_bad_early_stopping_patience_is_one_line(patience):
 
     with pytest.raises(DataError, match="early_stopping_patience: expected a positive number"):
         early_stopping({"early_stopping_patience": patience}, Run("sentiment", "x", "lora"))
+
+
+def _tiny_model(kind: str):
+    """A random-weight BART (the real seq2seq backbone's class) or RoBERTa classifier, dropout off: two runs on the
+    same examples then compute the same function."""
+    from transformers import BartConfig, BartForConditionalGeneration, RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    if kind == "seq2seq":
+        return BartForConditionalGeneration(BartConfig(
+            vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
+    return RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=40, num_labels=3, pad_token_id=1, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0))
+
+
+def _first_step_gradients(kind: str, model, examples: list, batch_size: int, accumulation: int,
+                          label_smoothing: float) -> dict:
+    """The gradients the optimizer receives at step 1 of a run built as the train stage builds it
+    (training_arguments, resumable_trainer), before any clipping (max_grad_norm 0)."""
+    from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
+
+    from unipeft_bench.training import resumable_trainer
+    import unipeft
+
+    grads = {}
+
+    class RecordGradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    unipeft.attach(model, "full")
+    seq2seq = kind == "seq2seq"
+    settings = {"steps": 1, "batch_size": batch_size, "gradient_accumulation": accumulation, "eval_batch_size": 4,
+                "eval_every": 10, "eval_examples": 4, "learning_rate": 1e-3, "warmup": 0, "weight_decay": 0.0,
+                "max_grad_norm": 0.0, "label_smoothing": label_smoothing, "select": "loss", "log_every": 1}
+    run = Run("summarization" if seq2seq else "sentiment", f"b{batch_size}-ga{accumulation}", "full", seed=1)
+    args = training_arguments(settings, run, seq2seq, len(examples))
+    trainer = resumable_trainer(Seq2SeqTrainer if seq2seq else Trainer)(
+        model=model, args=args, train_dataset=examples, eval_dataset=examples, callbacks=[RecordGradients()])
+    trainer.train()
+    assert trainer.state.global_step == 1 and grads
+    return grads
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("kind", ["seq2seq", "classification"])
+def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(kind, label_smoothing, tmp_path, monkeypatch):
+    """One step on 4 examples in 2 micro-batches of 2 (gradient_accumulation 2, as the real profile's 4) receives
+    the gradient of one batch of the same 4 examples: every example has as many label tokens (equal lengths, no
+    padding), so the mean over the batch's tokens equals the mean of the micro-batches' means, and the label
+    smoother's sum over all tokens of the step equals it too. Catches a gradient (and so a clipping threshold)
+    scaled by the number of micro-batches."""
+    import copy
+
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(3, 64, (4, 6), generator=g)  # no pad (1) or special tokens; equal lengths
+    labels = torch.randint(3, 64, (4, 5), generator=g) if kind == "seq2seq" else torch.tensor([0, 2, 1, 2])
+    examples = [{"input_ids": ids[i], "attention_mask": torch.ones_like(ids[i]), "labels": labels[i]}
+                for i in range(4)]
+    model = _tiny_model(kind)
+    if kind == "seq2seq":  # as DataCollatorForSeq2Seq(model=...) does: the label smoother takes the labels away
+        for example, decoder_ids in zip(examples, model.prepare_decoder_input_ids_from_labels(labels=labels)):
+            example["decoder_input_ids"] = decoder_ids
+    whole = _first_step_gradients(kind, copy.deepcopy(model), examples, 4, 1, label_smoothing)
+    accumulated = _first_step_gradients(kind, copy.deepcopy(model), examples, 2, 2, label_smoothing)
+    ratio = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in accumulated.values()]))
+             / torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in whole.values()]))).item()
+    assert accumulated.keys() == whole.keys()
+    assert ratio == pytest.approx(1.0, rel=1e-4), f"accumulated / whole-batch gradient norm: {ratio:.4f}"
+    for name, gradient in whole.items():  # float sums in another order
+        torch.testing.assert_close(accumulated[name], gradient, rtol=1e-4, atol=1e-6, msg=name)

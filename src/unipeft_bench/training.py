@@ -212,6 +212,23 @@ def resumable_trainer(trainer_class):
 
     # checkpoints of only what trains (unipeft.trainer): a BART-large checkpoint would otherwise be 1.6 GB
     class ResumableTrainer(AdapterCheckpointsMixin, trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Gradient accumulation: Trainer.__init__ sets model_accepts_loss_kwargs for any forward with **kwargs
+            # (BART, mBART, EncoderDecoderModel, RoBERTa/BERT classifiers all have one), and then trusts the
+            # model's loss to be normalized by num_items_in_batch, the label tokens of all the step's micro-batches:
+            # Trainer.training_step divides the loss by the accumulation steps only when not (model_accepts_loss_kwargs
+            # and num_items_in_batch is not None). These models ignore num_items_in_batch and return a plain mean
+            # CrossEntropyLoss over their micro-batch, so with accumulation N the gradient (and the loss logged) was
+            # the sum of N means, N times the mean, and max_grad_norm clipped at 1/N of its value. Without the label
+            # smoother, the model's loss is the loss: say it takes no loss kwargs, so that _get_num_items_in_batch
+            # counts nothing, compute_loss passes nothing, and training_step divides by the accumulation steps
+            # (by 1 without accumulation: bit-identical). The label smoother (compute_loss) does divide its sum by
+            # num_items_in_batch, and needs it, with average_tokens_across_devices (training_arguments) for several
+            # processes; so does a compute_loss_func. Those keep Trainer's inference.
+            if self.label_smoother is None and self.compute_loss_func is None:
+                self.model_accepts_loss_kwargs = False
+
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if type(sampler) is LengthGroupedSampler and sampler.generator is None:
