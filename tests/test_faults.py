@@ -134,6 +134,24 @@ def test_a_rerun_on_other_data_starts_over(sentiment_project, monkeypatch):
     assert steps_taken == [0, 1, 2, 3] and report["train_examples"] == 20
 
 
+def test_the_same_seed_trains_the_same_weights_and_another_seed_does_not(sentiment_project):
+    """Determinism on one machine (the group_by_length batches of the pipeline included): the same run twice gives
+    equal tensors; across machines results move (README), which the evidence grid's seeds and intervals carry."""
+    from safetensors.torch import load_file
+
+    from train import train
+
+    settings = {**SETTINGS, "group_by_length": True}
+    weights = []
+    for seed in (3, 3, 4):
+        train(Run(RUN.task, RUN.name, RUN.method, RUN.budget, seed=seed, model=RUN.model), settings)
+        weights.append(load_file(Run(RUN.task, RUN.name, RUN.method, RUN.budget, seed=seed,
+                                     model=RUN.model).adapter_dir / "adapter_model.safetensors"))
+    assert weights[0].keys() == weights[1].keys() == weights[2].keys() and len(weights[0]) > 2
+    assert all(weights[0][name].equal(weights[1][name]) for name in weights[0])
+    assert not all(weights[0][name].equal(weights[2][name]) for name in weights[0])
+
+
 def test_a_resumed_run_reports_the_seconds_of_all_its_parts(sentiment_project, monkeypatch):
     _interrupt_at_step_3(RUN, SETTINGS, monkeypatch, seconds_per_step=1.5)  # ≥ 3 s before checkpoint-2
     saved = json.loads((RUN.checkpoint_dir / "checkpoint-2" / "trainer_state.json").read_text())
