@@ -76,6 +76,20 @@ def test_resume_skips_and_removes_checkpoints_whose_save_was_cut_short(tmp_path)
     assert resume_point(directory, "aaa") is None and sorted(p.name for p in directory.iterdir()) == ["run.json"]
 
 
+def _interrupt_at_step_1(monkeypatch) -> None:
+    """The next training run is killed (KeyboardInterrupt) at step 1, before its first checkpoint."""
+    from transformers import Trainer
+
+    step = Trainer.training_step
+
+    def interrupted_at_step_1(self, *args, **kwargs):
+        if self.state.global_step == 1:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupted_at_step_1)
+
+
 def _interrupt_at_step_3(run, settings, monkeypatch, seconds_per_step: float = 0.0):
     """Train `run` until it is killed at step 3, after saving checkpoint-2; each step before takes at least
     `seconds_per_step`."""
@@ -215,18 +229,9 @@ def test_a_diverging_run_stops_in_one_line_and_writes_nothing(sentiment_project,
 
 def test_a_run_interrupted_before_its_first_checkpoint_leaves_no_checkpoint_folder(sentiment_project, monkeypatch):
     """Nothing to resume from: no checkpoints/<run>/run.json (nor empty checkpoints/<task>/) left behind."""
-    from transformers import Trainer
-
     from train import train
 
-    step = Trainer.training_step
-
-    def interrupted_at_step_1(self, *args, **kwargs):
-        if self.state.global_step == 1:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "training_step", interrupted_at_step_1)
+    _interrupt_at_step_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(RUN, SETTINGS)
     assert not (sentiment_project / "checkpoints").exists() and not (sentiment_project / "runs").exists()
@@ -269,19 +274,10 @@ def test_a_run_refused_before_training_leaves_the_previous_curves_untouched(sent
 def test_a_run_that_starts_training_never_shows_the_previous_runs_curves(sentiment_project, monkeypatch):
     """Once training starts, the curves are the new run's only (Live clears the old ones), even where it then
     fails: no old points mixed with new ones."""
-    from transformers import Trainer
-
     from train import train
 
     _previous_curves(RUN)
-    step = Trainer.training_step
-
-    def interrupted_at_step_1(self, *args, **kwargs):
-        if self.state.global_step == 1:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "training_step", interrupted_at_step_1)
+    _interrupt_at_step_1(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(RUN, {**SETTINGS, "log_every": 1})
     for name, old in (("plots/metrics/loss.tsv", "\t0.5\n"), ("metrics.json", '"loss": 0.5}')):
@@ -396,22 +392,10 @@ def test_dvc_killed_during_repro_recovers_on_the_next_repro_with_identical_resul
     run. About 40 s."""
     import subprocess
 
-    import data_fixtures as fx
     import yaml
-    from test_pipeline import BIN, ROOT, dvc, git, tiny_params, write_tiny_conf
+    from test_pipeline import BIN, dvc, tiny_project
 
-    repo = tmp_path / "repo"
-    for name in ("stages", "src"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    write_tiny_conf(repo, tiny_params())
-    fx.offline_assets(repo / "assets")
-    (repo / ".gitignore").write_text("/assets/\n/checkpoints/\n")
-    git(repo, "init", "-q")
-    dvc(repo, "init", "-q")
-    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "project")
+    repo = tiny_project(tmp_path / "repo")
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(KILL_DVC)
 

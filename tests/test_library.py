@@ -175,23 +175,6 @@ def test_use_after_detach_is_refused_and_leaves_the_model_alone(tmp_path):
     assert attachment_of(model) is again and "unipeft" in model._modules
 
 
-# 4. reentrant activation checkpointing -----------------------------------------------------------------------------
-@pytest.mark.parametrize("method", PREFIX_MLP + ["prompt", "lora"])
-def test_reentrant_checkpointing_gives_the_same_gradients(method):
-    grads = []
-    for kwargs in (None, {"use_reentrant": True}):
-        model, attachment = attach(method, "bart")
-        if kwargs:
-            model.activation_checkpointing_enable(kwargs)
-        model.train()
-        torch.manual_seed(5)
-        model(**batch("bart")).loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
-
-
 # 5. torch.compile --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["prefix", "mam"])
 def test_compiled_prefix_methods_have_few_graphs_and_no_recompilation(method):

@@ -74,9 +74,8 @@ def git(repo: Path, *args: str) -> None:
                    capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
+def tiny_project(repo: Path) -> Path:
+    """A committed git + DVC copy of the project at `repo`, on the tiny offline profile."""
     for name in ("stages", "src"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
@@ -89,6 +88,11 @@ def repo(tmp_path_factory) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "project")  # as a clone of it: DVCLive needs a commit to compare against
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return tiny_project(tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.mark.slow

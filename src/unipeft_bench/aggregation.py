@@ -419,7 +419,8 @@ def _draw_methods(axes, data: pd.DataFrame, x: str, y: str, paper: bool) -> None
             dict(marker="o", label=name)
         axes.plot(points[x], points[y], color=colours[method], **style)
         if not paper and points["score_low"].notna().any():  # the 95% interval over seeds, around the center
-            below, above = (points[y] - points["score_low"]).clip(lower=0), (points["score_high"] - points[y]).clip(lower=0)
+            below = (points[y] - points["score_low"]).clip(lower=0)
+            above = (points["score_high"] - points[y]).clip(lower=0)
             axes.errorbar(points[x], points[y], yerr=[below, above], fmt="none", ecolor=colours[method], alpha=0.6,
                           capsize=3)
     for _, full in data[data["method"] == "full"].dropna(subset=[y]).iterrows():
