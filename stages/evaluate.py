@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: score a trained run on its task's test split, as the paper does.
 
-    python stages/evaluate.py <task> <run> <seed>     # a point of the grid (matrix stage evaluate)
+    python stages/evaluate.py <task> <run> [<seed>]   # a point of the grid, each of grid.seeds without a seed
     python stages/evaluate.py experiment              # the single experiment (exp_evaluate)
 
 Summarization: beam search with evaluate.<profile>.<task>.generation, ROUGE-1/2/L/Lsum (rouge-score, stemming).
@@ -8,7 +8,7 @@ Translation: beam search, sacreBLEU with its signature, and for Romanian targets
 tokenised BLEU beside it. Both against references decoded from the tokenized labels (cut to the evaluation
 target length, as the official scripts), with the scores against the full reference texts in
 scores_untruncated. Classification: accuracy (MNLI: matched and, when present, mismatched).
-Writes metrics/<task>/<run>-seed<seed>.json (scores, the three parameter counts, training time, peak memory,
+Writes metrics/<task>/<run>/seed<seed>.json (scores, the three parameter counts, training time, peak memory,
 steps, seed, package versions) and the predictions, or nothing on an error.
 """
 

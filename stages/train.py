@@ -1,6 +1,6 @@
 """DVC stage `train`: fine-tune one method at one budget on one task, and save only what the method trains.
 
-    python stages/train.py <task> <run> <seed>     # a point of params.yaml's grid (matrix stage train)
+    python stages/train.py <task> <run> [<seed>]   # a point of params.yaml's grid, each of grid.seeds without one
     python stages/train.py experiment              # the top-level task/model/method/budget/seed (exp_train)
     accelerate launch stages/train.py ...          # several GPUs (or torchrun --nproc_per_node N); same script
 
@@ -22,8 +22,8 @@ from unipeft_bench.errors import DataError
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.models import resolve as resolve_model
-from unipeft_bench.training import (abandon_checkpoints, check_settings, compute_metrics_for, divergence_guard,
-                                    early_stopping, inputs_identity, peak_memory_mb, processes, resolved_settings,
+from unipeft_bench.training import (abandon_checkpoints, check_settings, compute_metrics_for, curves_logger,
+                                    divergence_guard, early_stopping, inputs_identity, peak_memory_mb, processes, resolved_settings,
                                     remove_checkpoints, resumable_trainer, resume_point, training_arguments,
                                     training_clock)
 
@@ -64,7 +64,6 @@ def train(run: Run, settings: dict) -> dict:
     import torch
     import unipeft
     from datasets import load_from_disk
-    from dvclive import Live
     from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, DataCollatorWithPadding, Seq2SeqTrainer,
                               Trainer, set_seed)
     from transformers.integrations import DVCLiveCallback
@@ -112,7 +111,7 @@ def train(run: Run, settings: dict) -> dict:
         resume_from = resume_point(run.checkpoint_dir, fingerprint)
     main = args.process_index == 0  # the only one to write curves and outputs
     try:
-        with Live(str(run.live_dir), dvcyaml=None, save_dvc_exp=False) if main else contextlib.nullcontext() as live:
+        with curves_logger(run.live_dir, run.checkpoint_dir) if main else contextlib.nullcontext() as live:
             clock = training_clock(resume_from)  # counts the interrupted parts too
             trainer = trainer_class(model=model, args=args, data_collator=collator, train_dataset=train_set,
                                     eval_dataset=validation.select_columns(columns),

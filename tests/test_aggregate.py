@@ -45,13 +45,13 @@ def write_workspace(root, runs, seeds, generation=(), classification=(), profile
             "generation": list(generation), "classification": list(classification)}
     (root / "params.yaml").write_text(yaml.safe_dump({"profile": profile, "grid": grid}, sort_keys=False))
     for task in (*generation, *classification):
-        (root / "metrics" / task).mkdir(parents=True, exist_ok=True)
         for run in runs:
+            (root / "metrics" / task / run).mkdir(parents=True, exist_ok=True)
             for seed in seeds:
                 record = {"task": task, "profile": profile, "run": run, "method": METHOD[run], "seed": seed,
                           "sizes": SIZES[run], "scores": scores(task, run, seed, profile),
                           "params": {"method": METHOD[run], "paper_percent": PERCENT[run]}}
-                (root / "metrics" / task / f"{run}-seed{seed}.json").write_text(json.dumps(record))
+                aggregation.metrics_path(root, task, run, seed).write_text(json.dumps(record))
 
 
 def markdown_rows(path) -> list[dict]:
@@ -129,11 +129,11 @@ def test_real_profile_puts_the_papers_numbers_alongside(tmp_path, monkeypatch):
 
 def test_a_missing_metrics_file_names_it_and_writes_nothing(tmp_path, monkeypatch, capsys):
     write_workspace(tmp_path, ["mam", "full"], [1, 2], generation=["summarization"], classification=["nli"])
-    missing = tmp_path / "metrics/nli/full-seed2.json"
+    missing = tmp_path / "metrics/nli/full/seed2.json"
     missing.unlink()
     assert run_stage(tmp_path, monkeypatch) == 1
     error = capsys.readouterr().err
-    assert error.startswith("error: metrics/nli/full-seed2.json: not found") and error.count("\n") == 1
+    assert error.startswith("error: metrics/nli/full/seed2.json: not found") and error.count("\n") == 1
     assert not (tmp_path / "results/tables").exists() and not (tmp_path / "results/plots").exists()
 
 
@@ -214,8 +214,9 @@ def write_grid_workspace(root, name: str, profile: str = "offline") -> dict:
         record = {"task": run.task, "profile": profile, "run": run.name, "method": run.method, "seed": run.seed,
                   "sizes": effective_sizes(run.method, run.budget), "scores": values,
                   "params": {"method": run.method, "paper_percent": 0.1 * (index[run.name] + 1)}}
-        (root / "metrics" / run.task).mkdir(parents=True, exist_ok=True)
-        (root / "metrics" / run.task / f"{run.name}-seed{run.seed}.json").write_text(json.dumps(record))
+        path = aggregation.metrics_path(root, run.task, run.name, run.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
     return params
 
 
@@ -314,7 +315,7 @@ def test_validation_curves_place_each_evaluation_by_its_logged_epoch(tmp_path):
     """DVCLive counts log calls, not training steps: the epoch logged at the same call places an evaluation."""
     grid = aggregation.Grid("offline", (1, 2), ("lora", "full"), (), ("sentiment",))
     for seed, accuracies in ((1, [70.0, 80.0, 75.0]), (2, [72.0, 78.0])):  # seed 2 stopped early
-        logs = tmp_path / "metrics/train/sentiment" / f"lora-seed{seed}" / "plots/metrics"
+        logs = tmp_path / "metrics/train/sentiment/lora" / f"seed{seed}" / "plots/metrics"
         (logs / "eval").mkdir(parents=True)
         # training logs (steps 1, 3, 5) between the evaluations (steps 2, 4, 6)
         (logs / "epoch.tsv").write_text("step\tepoch\n" + "".join(

@@ -107,7 +107,7 @@ def test_two_processes_train_as_one_on_the_global_batch_write_once_and_resume_af
     params["train"]["offline"]["sentiment"] = SETTINGS
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     (project / "launched.py").write_text(LAUNCHED)
-    run = resolve(params, RUN_ARGS)
+    [run] = resolve(params, RUN_ARGS)
 
     single = train(run, {**SETTINGS, "batch_size": GLOBAL_BATCH})  # one process, the same global batch
     reference, reference_losses = _adapter(run), _losses(run)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import findings as stage
-from unipeft_bench import findings, metrics
+from unipeft_bench import aggregation, findings, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "conf" / "grid" / "evidence.yaml"
@@ -213,12 +213,13 @@ def write_run(root: Path, task: str, run: str, seed: int) -> None:
     report = {"task": task, "profile": "real", "run": run, "method": method, "seed": seed,
               "sizes": {"attn": None, "ffn": None, "scale": None, **SIZES[run]}, "scores": scores,
               "params": {"paper_percent": 1.0}}
-    (root / "metrics" / task).mkdir(parents=True, exist_ok=True)
-    (root / "predictions" / task).mkdir(parents=True, exist_ok=True)
-    (root / "metrics" / task / f"{run}-seed{seed}.json").write_text(json.dumps(report))
+    metrics_file, predictions_file = (aggregation.metrics_path(root, task, run, seed),
+                                      aggregation.predictions_path(root, task, run, seed))
+    for path in (metrics_file, predictions_file):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file.write_text(json.dumps(report))
     records = [{"split": "test", "id": i, "prediction": p} for i, p in reversed(list(zip(ids, predicted)))]
-    (root / "predictions" / task / f"{run}-seed{seed}.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in records))
+    predictions_file.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +297,7 @@ def test_offline_the_generation_claims_are_tested_on_sentiment(workspace, monkey
 
     root = tmp_path / "copy"
     shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("results"))
-    for path in [root / "params.yaml", *root.glob("metrics/*/*.json")]:
+    for path in [root / "params.yaml", *root.glob("metrics/*/*/*.json")]:
         path.write_text(path.read_text().replace('"profile": "real"', '"profile": "offline"').replace(
             "profile: real", "profile: offline"))
     assert run_stage(root, monkeypatch) == 0
@@ -311,8 +312,8 @@ def test_offline_the_generation_claims_are_tested_on_sentiment(workspace, monkey
     assert "Offline profile: stand-in data" in text
 
 
-@pytest.mark.parametrize("missing", ["predictions/summarization/sa_ffn-200-seed2.jsonl",
-                                     "metrics/sentiment/lora-16-seed42.json"])
+@pytest.mark.parametrize("missing", ["predictions/summarization/sa_ffn-200/seed2.jsonl",
+                                     "metrics/sentiment/lora-16/seed42.json"])
 def test_a_missing_file_is_one_line_and_nothing_is_written(workspace, monkeypatch, capsys, tmp_path, missing):
     import shutil
 
@@ -344,7 +345,7 @@ def test_a_stale_predictions_file_is_an_error(workspace, monkeypatch, capsys, tm
     root = tmp_path / "copy"
     shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("results"))
     write_run(root, "summarization", "sa_ffn-200", 42)
-    path = root / "metrics/summarization/sa_ffn-200-seed42.json"
+    path = root / "metrics/summarization/sa_ffn-200/seed42.json"
     report = json.loads(path.read_text())
     report["scores"]["rouge2"] += 1.0
     path.write_text(json.dumps(report))

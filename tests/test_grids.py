@@ -54,7 +54,7 @@ def grid_points(params: dict):
 def resolved(params: dict):
     """Each grid point as the train and evaluate stages resolve it (runs.resolve): its task, run, method, budget."""
     for task, name, seed in grid_points(params):
-        yield runs.resolve(params, [task, name, str(seed)])
+        yield from runs.resolve(params, [task, name, str(seed)])
 
 
 def effective_sizes(method: str, budget: dict) -> dict:
@@ -124,7 +124,7 @@ def test_the_default_grid_is_the_one_dvc_repro_always_ran():
 
 
 def test_a_run_name_means_the_same_run_in_every_grid():
-    """runs/<task>/<run>-seed<seed> and its metrics are shared by every grid that names the run."""
+    """runs/<task>/<run>/seed<seed> and its metrics are shared by every grid that names the run."""
     seen: dict[str, tuple[str, dict]] = {}
     for name in GRIDS:
         for run_name, spec in composed(f"grid={name}")["grid"]["runs"].items():
@@ -163,7 +163,7 @@ def test_dvc_expands_the_matrix_stages_to_the_grids_runs(name, tmp_path):
                             capture_output=True, text=True).stdout.split()
     grid = params["grid"]
     for kind in KINDS:
-        expected = {f"{stage}_{kind}@{task}-{run}-{seed}" for stage in ("train", "evaluate")
-                    for task in grid[kind] for run in grid["runs"] for seed in grid["seeds"]}
+        expected = {f"{stage}_{kind}@{task}-{run}" for stage in ("train", "evaluate")
+                    for task in grid[kind] for run in grid["runs"]}
         assert {stage for stage in listed if stage.endswith(f"_{kind}") or f"_{kind}@" in stage} == expected
     assert "aggregate" in listed

@@ -38,7 +38,7 @@ def tiny_params() -> dict:
     for settings in params["train"]["offline"].values():
         settings.update(steps=2, batch_size=4, eval_batch_size=4, eval_every=1, eval_examples=4, log_every=1)
     params["grid"].update(generation=["summarization", "translation"], classification=["nli", "sentiment"],  # all four
-                          seeds=[7], runs={name: params["grid"]["runs"][name] for name in ("full", "mam-small")})
+                          seeds=[7, 8], runs={name: params["grid"]["runs"][name] for name in ("full", "mam-small")})
     for task in ("summarization", "translation"):
         params["evaluate"]["offline"][task]["generation"].update(num_beams=2, max_length=8)
     return params
@@ -98,19 +98,23 @@ def repo(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_repro_then_one_experiment_then_metrics_diff(repo):
     out = dvc(repo, "repro")
-    for stage in ("validate", "backbone", "train_generation@summarization-mam-small-7", "evaluate_classification@sentiment-full-7",
-                  "aggregate", "findings", "exp_evaluate"):
+    for stage in ("validate", "backbone", "train_generation@summarization-mam-small",
+                  "evaluate_classification@sentiment-full", "aggregate", "findings", "exp_evaluate"):
         assert f"Running stage '{stage}'" in out
+    # one stage, one process, both seeds
+    assert {p.name for p in (repo / "metrics/summarization/mam-small").iterdir()} == {"seed7.json", "seed8.json"}
+    adapter_file = repo / "runs/summarization/mam-small/seed8/adapter_model.safetensors"
+    assert adapter_file.stat().st_nlink == 2  # hardlinked to its copy in .dvc/cache, not stored twice
 
-    run = json.loads((repo / "metrics/summarization/mam-small-seed7.json").read_text())
+    run = json.loads((repo / "metrics/summarization/mam-small/seed7.json").read_text())
     assert run["method"] == "mam" and run["seed"] == 7 and run["training"]["steps"] == 2
     assert set(run["scores"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert 0 < run["params"]["paper"] < run["params"]["base_params"]  # a budget, not the whole model
-    assert (repo / "runs/summarization/mam-small-seed7/adapter_model.safetensors").is_file()
-    translation = json.loads((repo / "metrics/translation/mam-small-seed7.json").read_text())
+    assert (repo / "runs/summarization/mam-small/seed7/adapter_model.safetensors").is_file()
+    translation = json.loads((repo / "metrics/translation/mam-small/seed7.json").read_text())
     assert translation["scores"]["bleu_signature"].startswith("nrefs:1") and translation["scores"]["bleu_paper"] is None
-    assert 0 <= json.loads((repo / "metrics/nli/full-seed7.json").read_text())["scores"]["accuracy"] <= 100
-    full = json.loads((repo / "metrics/sentiment/full-seed7.json").read_text())
+    assert 0 <= json.loads((repo / "metrics/nli/full/seed7.json").read_text())["scores"]["accuracy"] <= 100
+    full = json.loads((repo / "metrics/sentiment/full/seed7.json").read_text())
     assert 0 <= full["scores"]["accuracy"] <= 100 and full["params"]["trainable"] > full["params"]["base_params"]
     table = (repo / "results/tables/generation.md").read_text()
     assert "MAM (l=5, r=16, s=4)" in table and "Full fine-tuning" in table and "translation BLEU" in table
@@ -133,7 +137,7 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
     diff = json.loads(dvc(repo, "metrics", "diff", "--json"))
     changed = diff["experiment/metrics.json"]
     assert "params.paper" in changed and changed["params.paper"]["old"] != changed["params.paper"]["new"]
-    assert yaml.safe_load((repo / "params.yaml").read_text())["grid"]["seeds"] == [7]  # recomposed: still tiny
+    assert yaml.safe_load((repo / "params.yaml").read_text())["grid"]["seeds"] == [7, 8]  # recomposed: still tiny
 
     # A bad value stops at the validate stage, in one line naming the key, before DVC removes any output
     # (issue 12)
@@ -147,8 +151,8 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
     # One of the paper's grids, two of its runs (Hydra's ~ deletes the others), its tables beside the default's
     dropped = [f"~grid.runs.{run}" for run in ("lora_ffn-102", "pa-512", "scaled_pa-512")]
     out = dvc(repo, "exp", "run", "-S", "grid=table5", *(arg for run in dropped for arg in ("-S", run)))
-    for stage in ("train_generation@summarization-lora_ffn-102-s1-42",
-                  "evaluate_generation@summarization-scaled_pa_learned-512-42", "aggregate"):
+    for stage in ("train_generation@summarization-lora_ffn-102-s1",
+                  "evaluate_generation@summarization-scaled_pa_learned-512", "aggregate"):
         assert f"Running stage '{stage}'" in out
     assert "Running stage 'train_generation@summarization-mam-small" not in out  # the default grid is not rerun
     table = (repo / "results/table5/tables/generation.md").read_text()

@@ -22,15 +22,22 @@ def test_grid_runs_resolve_per_profile_and_task_kind():
     assert grid_budget(mam, "offline", "seq2seq", "x") == mam["offline"]
     assert grid_budget(mam, "real", "seq2seq", "x") == {"attn_bn": 30, "ffn_bn": 512}
     assert grid_budget(mam, "real", "classification", "x") == {"attn_bn": 16, "ffn_bn": 16, "scale": 2}  # Table 2
-    run = resolve(PARAMS, ["sentiment", "mam-small", "3"])
+    [run] = resolve(PARAMS, ["sentiment", "mam-small", "3"])
     assert (run.method, run.seed, run.model, run.budget) == ("mam", 3, "minilm", mam["offline"])
-    assert str(run.adapter_dir) == "runs/sentiment/mam-small-seed3"
-    assert str(run.metrics_path) == "metrics/sentiment/mam-small-seed3.json"
+    assert str(run.adapter_dir) == "runs/sentiment/mam-small/seed3"
+    assert str(run.metrics_path) == "metrics/sentiment/mam-small/seed3.json"
+
+
+def test_a_grid_run_without_a_seed_is_the_run_at_each_of_the_grids_seeds():
+    params = {**PARAMS, "grid": {**PARAMS["grid"], "seeds": [42, 2, 4]}}
+    each = resolve(params, ["sentiment", "mam-small"])
+    assert [run.seed for run in each] == [42, 2, 4] and len({(r.method, str(r.budget)) for r in each}) == 1
+    assert [str(run.predictions_path) for run in each][1] == "predictions/sentiment/mam-small/seed2.jsonl"
 
 
 def test_the_experiment_reads_the_top_level_keys():
     params = {**PARAMS, "task": "summarization", "method": "lora", "budget": {"attn_bn": 4, "ffn_bn": None}}
-    run = resolve(params, ["experiment"])
+    [run] = resolve(params, ["experiment"])
     assert (run.task, run.method, run.budget, run.model) == ("summarization", "lora", {"attn_bn": 4},
                                                               "models/backbone")
     assert str(run.metrics_path) == "experiment/metrics.json" and str(run.adapter_dir) == "experiment/adapter"
@@ -40,15 +47,15 @@ def test_the_experiment_reads_the_top_level_keys():
                                           ("mam", {"attn_bn": 8, "ffn_bn": 64, "scale": 2.0})])
 def test_the_experiment_applies_its_budget_to_the_sides_the_method_has(method, used):
     params = {**PARAMS, "method": method, "budget": {"attn_bn": 8, "ffn_bn": 64, "scale": 2.0}}
-    assert resolve(params, ["experiment"]).budget == used
+    assert resolve(params, ["experiment"])[0].budget == used
 
 
 def test_a_grid_run_can_name_another_preset_in_one_profile():
     params = {**PARAMS, "grid": {"runs": {"m": {"method": "mh_pa", "offline": {"method": "mh_pa_lora_init",
                                                                                 "attn_bn": 5},
                                                 "real": {"attn_bn": 30}}}}}
-    assert resolve(params, ["sentiment", "m", "1"]).method == "mh_pa_lora_init"
-    assert resolve({**params, "profile": "real"}, ["sentiment", "m", "1"]).method == "mh_pa"
+    assert resolve(params, ["sentiment", "m", "1"])[0].method == "mh_pa_lora_init"
+    assert resolve({**params, "profile": "real"}, ["sentiment", "m", "1"])[0].method == "mh_pa"
 
 
 @pytest.mark.parametrize("change, argv, message", [
@@ -139,6 +146,24 @@ def test_the_stage_command_reports_a_bad_run_in_one_line_and_writes_nothing(tmp_
     assert capsys.readouterr().err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+def test_the_stage_command_works_through_the_grids_seeds_in_one_process_and_stops_at_the_first_error(
+        tmp_path, monkeypatch, capsys):
+    from unipeft_bench.runs import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "grid": {**PARAMS["grid"], "seeds": [5, 6, 7]}}))
+    seen = []
+
+    def work(run, settings):
+        seen.append(run.seed)
+        if run.seed == 6:
+            raise DataError("seed 6 failed")
+        return {"seed": run.seed}
+
+    assert stage_main(["sentiment", "mam-small"], "train", work) == 1
+    out, err = capsys.readouterr()
+    assert seen == [5, 6] and out == "sentiment/mam-small/seed5: {'seed': 5}\n" and err == "error: seed 6 failed\n"
+
 def test_fingerprint_changes_with_the_run_and_the_settings():
     run = Run("sentiment", "x", "lora", {"attn_bn": 4})
     assert run.fingerprint({"steps": 2}) != run.fingerprint({"steps": 3})
@@ -221,15 +246,18 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_p
         assert torch.equal(resumed_last[name], tensor), name
 
 
-def test_early_stopping_ends_a_run_whose_validation_score_stops_improving(sentiment_project):
-    """With a learning rate of 0 the validation loss never improves: patience 1 stops at the second evaluation."""
+@pytest.mark.parametrize("min_steps, stopped_at", [(None, 4), (7, 8)])
+def test_early_stopping_ends_a_run_whose_validation_score_stops_improving(sentiment_project, min_steps, stopped_at):
+    """With a learning rate of 0 the validation loss never improves: patience 1 stops at the second evaluation,
+    or at the first evaluation from early_stopping_min_steps on."""
     from train import train
 
     settings = {"steps": 12, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "eval_examples": 8,
                 "learning_rate": 0.0, "warmup": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "select": "loss",
-                "early_stopping_patience": 1}
+                "early_stopping_patience": 1, **({"early_stopping_min_steps": min_steps} if min_steps else {})}
     report = train(Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=3, model="minilm"), settings)
-    assert (report["steps"], report["max_steps"], report["stopped_early"], report["best_step"]) == (4, 12, True, 2)
+    assert (report["steps"], report["max_steps"], report["stopped_early"], report["best_step"]) == (
+        stopped_at, 12, True, 2)
 
 
 @pytest.mark.parametrize("patience", [0, -1, 1.5, "2", True])

@@ -114,8 +114,13 @@ def results_directory(grid: dict) -> Path:
     return path
 
 
+# where the evaluate stage writes (unipeft_bench.runs.Run): each grid run's seeds in one folder
 def metrics_path(root: Path, task: str, run: str, seed: int) -> Path:
-    return root / "metrics" / task / f"{run}-seed{seed}.json"
+    return root / "metrics" / task / run / f"seed{seed}.json"
+
+
+def predictions_path(root: Path, task: str, run: str, seed: int) -> Path:
+    return root / "predictions" / task / run / f"seed{seed}.jsonl"
 
 
 def reported_scores(task: str, scores: dict, where: str) -> dict[str, float]:
@@ -465,12 +470,12 @@ VALIDATION_METRIC = {"summarization": "rouge2", "translation": "loss", "nli": "a
 
 def validation_curves(grid: Grid, task: str, root: Path) -> pd.DataFrame:
     """Each run's validation score against the epoch, averaged over the seeds that reached it, from the train
-    stage's DVCLive logs (metrics/train/<task>/<run>-seed<seed>/plots/metrics: DVCLive counts log calls, so the
+    stage's DVCLive logs (metrics/train/<task>/<run>/seed<seed>/plots/metrics: DVCLive counts log calls, so the
     epoch logged beside each evaluation places it); empty where no run logged one."""
     metric, frames = VALIDATION_METRIC[task], []
     for run in grid.runs:
         for seed in grid.seeds:
-            logs = root / "metrics/train" / task / f"{run}-seed{seed}" / "plots/metrics"
+            logs = root / "metrics/train" / task / run / f"seed{seed}" / "plots/metrics"
             if (logs / "eval" / f"{metric}.tsv").is_file() and (logs / "epoch.tsv").is_file():
                 scores = pd.read_csv(logs / "eval" / f"{metric}.tsv", sep="\t")
                 epochs = pd.read_csv(logs / "epoch.tsv", sep="\t")

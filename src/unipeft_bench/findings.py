@@ -348,7 +348,7 @@ def _statistics(root: Path, records: dict, split: Split, run: str, seed: int) ->
     reported = records[(split.task, run, seed)]["scores"].get(split.scorer.key)
     if reported is None:
         raise DataError(f"{path}: no {split.scorer.key!r} score; rerun the evaluate stage")
-    return run_statistics(root / "predictions" / split.task / f"{run}-seed{seed}.jsonl", split, float(reported))
+    return run_statistics(aggregation.predictions_path(root, split.task, run, seed), split, float(reported))
 
 
 def _reports_paper_bleu(root: Path, task: str, run: str, seed: int) -> bool:

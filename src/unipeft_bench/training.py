@@ -85,6 +85,7 @@ SETTING_RULES = {
     "eval_examples": (_positive_int, "a positive number of examples"),
     "gradient_accumulation": (_positive_int, "a positive number of batches"),
     "log_every": (_positive_int, "a positive number of steps"),
+    "early_stopping_min_steps": (_positive_int, "a positive number of steps"),
     "learning_rate": (_number_at_least_0, "a number ≥ 0 (YAML reads 1e-3 as text: write 1.0e-3)"),
     "warmup": (_number_at_least_0, "a number ≥ 0 (a fraction of the steps, or a number of steps)"),
     "weight_decay": (_number_at_least_0, "a number ≥ 0"),
@@ -172,17 +173,42 @@ def training_arguments(settings: dict, run, seq2seq: bool, train_examples: int, 
 
 def early_stopping(settings: dict, run) -> list:
     """Stop a run once its validation score (the `select` metric) has not improved for `early_stopping_patience`
-    evaluations in a row; the best checkpoint is then loaded, as at any end (load_best_model_at_end). None set:
-    the run trains for all its steps."""
+    evaluations in a row, but never before `early_stopping_min_steps` (a score that peaks on an early, noisy
+    evaluation and dips for a while is not a plateau); the best checkpoint is then loaded, as at any end
+    (load_best_model_at_end). No patience set: the run trains for all its steps."""
     patience = settings.get("early_stopping_patience")
     if patience is None:
         return []
-    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+    if not _positive_int(patience):
         raise DataError(f"params.yaml train.{run.profile}.{run.task}.early_stopping_patience: expected a positive "
                         f"number of evaluations, got {patience!r}")
     from transformers import EarlyStoppingCallback
 
-    return [EarlyStoppingCallback(early_stopping_patience=patience)]
+    min_steps = settings.get("early_stopping_min_steps", 0)
+
+    class EarlyStoppingAfter(EarlyStoppingCallback):
+        def on_evaluate(self, args, state, control, metrics, **kwargs):
+            super().on_evaluate(args, state, control, metrics, **kwargs)
+            if state.global_step < min_steps:
+                control.should_training_stop = False
+
+    return [EarlyStoppingAfter(early_stopping_patience=patience)]
+
+
+def curves_logger(directory: Path, scratch: Path):
+    """DVCLive for the train stage's curves, with its metrics.json summary moved to `scratch` (the checkpoint
+    folder, removed when the run ends): the run's summary is training.json, and the seeds of a grid run share one
+    folder that DVC reads as plots, where a summary file is not a curve (`dvc plots show` fails on it)."""
+    from dvclive import Live
+
+    class CurvesOnly(Live):
+        @property
+        def metrics_file(self) -> str:
+            return str(scratch / "dvclive_summary.json")
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.json").unlink(missing_ok=True)  # DVCLive's default place: cleared as Live clears its own
+    return CurvesOnly(str(directory), dvcyaml=None, save_dvc_exp=False)
 
 
 def resumable_trainer(trainer_class):

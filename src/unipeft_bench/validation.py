@@ -88,10 +88,10 @@ def validate(params: dict) -> dict:
         _check_model(model, "model", profile)
     for task in dict.fromkeys([name, *grid_tasks]):
         _check_task(params, profile, task)
-    _check_run(params, runs.resolve(params, [runs.EXPERIMENT]))
+    _check_run(params, *runs.resolve(params, [runs.EXPERIMENT]))
     for task in grid_tasks:
         for run in grid_runs:
-            for seed in seeds:
-                _check_run(params, runs.resolve(params, [task, str(run), str(seed)]))
+            for each_seed in runs.resolve(params, [task, str(run)]):
+                _check_run(params, each_seed)
     return {"profile": profile, "task": name, "grid_tasks": grid_tasks, "grid_runs": len(grid_runs),
             "seeds": seeds}
