@@ -1,8 +1,9 @@
 """What one training run is: a task, a method at a budget, a seed, a base model, and where its outputs go.
 
 A run is either a point of params.yaml's `grid` (`python stages/train.py <task> <run> [<seed>]`: without a seed,
-every seed of `grid.seeds` in turn, in one process, as the grid's stages do) or the single experiment described by the top-level keys task/model/method/budget/seed (`python stages/train.py experiment`),
-which `dvc exp run -S method=...` changes.
+every seed of `grid.seeds` in turn, in one process, as the grid's stages do) or the single experiment described
+by the top-level keys task/model/method/budget/seed (`python stages/train.py experiment`), which
+`dvc exp run -S method=...` changes.
 """
 
 from __future__ import annotations
