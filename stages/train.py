@@ -23,9 +23,9 @@ from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.models import resolve as resolve_model
 from unipeft_bench.training import (abandon_checkpoints, check_settings, compute_metrics_for, curves_logger,
-                                    divergence_guard, early_stopping, inputs_identity, peak_memory_mb, processes, resolved_settings,
-                                    remove_checkpoints, resumable_trainer, resume_point, training_arguments,
-                                    training_clock)
+                                    divergence_guard, early_stopping, inputs_identity, peak_memory_mb, processes,
+                                    resolved_settings, remove_checkpoints, resumable_trainer, resume_point,
+                                    training_arguments, training_clock)
 
 
 def method_for(run: Run, settings: dict):
