@@ -2,11 +2,11 @@
 
     python stages/findings.py
 
-Reads `profile` and `grid` from params.yaml, and for every run a claim compares: metrics/<task>/<run>-seed<seed>.json,
-predictions/<task>/<run>-seed<seed>.jsonl and the references in data/tokenized/<task>. Writes, under the grid's
+Reads `profile` and `grid` from params.yaml, and for every run a claim compares: metrics/<task>/<run>/seed<seed>.json,
+predictions/<task>/<run>/seed<seed>.jsonl and the references in data/tokenized/<task>. Writes, under the grid's
 `results` directory (as the aggregate stage): findings.md, one row per claim (its verdict) and one per comparison
-(the difference with its 95% paired-bootstrap interval and per seed), and findings.json, the same numbers as DVC
-metrics. A claim whose runs or tasks the grid lacks is "not run in this grid", with what it needs.
+(the difference with its 95% interval from a bootstrap over seeds and examples, and per seed), and findings.json,
+the same numbers as DVC metrics. A claim whose runs or tasks the grid lacks is "not run in this grid", with what it needs.
 
 Everything is read and computed before anything is written: a missing or stale file gives one line,
 `error: <file>: ...`, exit status 1, and no output.
@@ -58,9 +58,10 @@ def markdown(grid: aggregation.Grid, checked: list[findings.Checked]) -> str:
         for i, c in enumerate(checked, 1) for comparison in c.comparisons]
     notes = [
         f"Δ: the favoured run's score minus the other's (ROUGE-2 F1 × 100, BLEU, accuracy in %), mean over seeds "
-        f"{', '.join(map(str, grid.seeds))}; the interval: {findings.RESAMPLES:,} paired bootstrap resamples of the "
-        f"test examples (the same draws for both runs and every seed; fixed seed {findings.BOOTSTRAP_SEED}), "
-        "recomputing corpus BLEU on each.",
+        f"{', '.join(map(str, grid.seeds))}; the interval: {findings.RESAMPLES:,} hierarchical paired bootstrap resamples "
+        "(each draws the seeds with replacement, a seed's two runs together, and the test examples with "
+        f"replacement, one draw for both runs and every seed; fixed seed {findings.BOOTSTRAP_SEED}), recomputing "
+        "corpus BLEU on each: a seed that alone disagrees widens the interval rather than deciding the verdict.",
         "A comparison holds when the interval lies entirely above its threshold (0, or −margin for \"close\"), is "
         "contradicted when entirely below, and is inconclusive otherwise; a claim holds when every comparison "
         "holds and is contradicted by any contradicted one.",

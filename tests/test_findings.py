@@ -62,6 +62,21 @@ def test_per_seed_differences_and_a_margin():
     assert findings.verdict(close, 0.0) == findings.CONTRADICTED
 
 
+def test_one_seed_that_alone_disagrees_leaves_the_comparison_inconclusive():
+    # Two seeds favour the first run by ~20 points; on the third it collapsed (45%) and lost ~15. The mean over
+    # seeds is clearly positive and resampling the examples alone would say it holds; resampling the seeds too
+    # draws the collapsed one 0-3 times, and the interval spans both signs.
+    better, worse = coin_flips(0.8), coin_flips(0.6, offset=10)
+    favoured = better[:2] + coin_flips(0.45, seeds=1, offset=20)
+    effect = bootstrap(favoured, worse)
+    assert min(effect.per_seed[:2]) > 10 and effect.per_seed[2] < -5 and effect.difference > 5
+    assert effect.low < 0 < effect.high
+    assert findings.verdict(effect, 0.0) == findings.INCONCLUSIVE
+    counts = findings.resample_counts(400, 2000)
+    examples_only = np.mean([counts @ (a - b)[:, 0] / 4 for a, b in zip(favoured, worse)], axis=0)
+    assert np.percentile(examples_only, 2.5) > 0
+
+
 def test_the_bootstrap_is_deterministic():
     better, worse = coin_flips(0.8), coin_flips(0.6, offset=10)
     assert bootstrap(better, worse) == bootstrap(better, worse)

@@ -1,11 +1,13 @@
 """The paper's findings checked on the grid's runs: what stages/findings.py computes.
 
 The claims are data (findings.yaml): pairs of grid runs, the one the paper favours first, on some tasks, with the
-expected direction. Each comparison is a paired bootstrap over the test examples, pooled across seeds: one set of
-resampled example indices serves both runs and every seed, and the statistic is the difference of the runs' scores,
-each the mean over seeds of the score on the resampled examples. Per-example statistics are what the score is
-built from: accuracy 0/1, ROUGE-2 F1, and for BLEU the sentence's n-gram counts, from which sacreBLEU recomputes
-corpus BLEU on every resample (BLEU is not a mean of sentence scores).
+expected direction. Each comparison is a hierarchical paired bootstrap, over seeds and over test examples: each
+resample draws the seeds with replacement (a seed's pair of runs, trained from the same seed, stays together) and
+the test examples with replacement (one draw for both runs and every seed: the test set is shared), and its
+statistic is the mean over the drawn seeds of the difference of the runs' scores on the drawn examples. Drawing
+seeds too is what lets one collapsed seed widen the interval instead of deciding the verdict. Per-example
+statistics are what the score is built from: accuracy 0/1, ROUGE-2 F1, and for BLEU the sentence's n-gram counts,
+from which sacreBLEU recomputes corpus BLEU on every resample (BLEU is not a mean of sentence scores).
 """
 
 from __future__ import annotations
@@ -230,18 +232,24 @@ class Effect:
     per_seed: tuple[float, ...]
 
 
+@functools.cache
+def resample_seeds(seeds: int, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Which seeds each resample draws, with replacement (resamples, seeds); a stream apart from the examples'."""
+    return np.random.default_rng([seed, seeds, 1]).integers(0, seeds, size=(resamples, seeds))
+
+
 def paired_bootstrap(favoured: list[np.ndarray], other: list[np.ndarray], score, resamples: int = RESAMPLES,
                      seed: int = BOOTSTRAP_SEED) -> Effect:
     """favoured, other: per-seed (examples, k) statistics, seeds in the same order; score: sums -> scores."""
     counts = resample_counts(favoured[0].shape[0], resamples, seed)
-
-    def pooled(runs):  # mean over seeds of each resample's score
-        return np.mean([score(counts @ stats) for stats in runs], axis=0)
-
+    differences = np.stack([score(counts @ a) - score(counts @ b)
+                            for a, b in zip(favoured, other, strict=True)])  # (seeds, resamples)
+    drawn = resample_seeds(len(favoured), resamples, seed).T  # (seeds, resamples)
+    pooled = differences[drawn, np.arange(resamples)].mean(0)
     per_seed = tuple(float(score(a.sum(0, keepdims=True))[0] - score(b.sum(0, keepdims=True))[0])
-                     for a, b in zip(favoured, other, strict=True))
+                     for a, b in zip(favoured, other))
     tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = np.percentile(pooled(favoured) - pooled(other), [tail, 100 - tail])
+    low, high = np.percentile(pooled, [tail, 100 - tail])
     return Effect(float(np.mean(per_seed)), float(low), float(high), per_seed)
 
 
