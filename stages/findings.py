@@ -68,7 +68,7 @@ def markdown(grid: aggregation.Grid, checked: list[findings.Checked]) -> str:
         "Paper: its primary score for both runs (src/unipeft_bench/paper_results.yaml), where it prints them."
         if real else "Offline profile: stand-in data and a small backbone, so the paper's numbers are not shown.",
         f"Claims: src/unipeft_bench/findings.yaml; grid `{grid.name}`; the claims' own grid: "
-        "`dvc exp run -S grid=evidence`."]
+        "`dvc exp run -S grid=evidence aggregate findings`."]
     summary = ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS if v in verdicts)
     return (f"# The paper's findings, checked (grid `{grid.name}`)\n\n{len(checked)} claims: {summary}.\n\n"
             f"{table(claims)}\n\n## Comparisons\n\n"

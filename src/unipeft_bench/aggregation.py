@@ -25,7 +25,7 @@ from .io import need
 from .tasks import task as get_task
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
-# Outside metrics/: the stage depends on all of metrics/, so its outputs there would be their own input.
+# Outside metrics/, which holds the stage's inputs (the runs' scores and curves).
 # Each grid writes under its own `grid.results` (results for the default grid, results/<name> for the paper's
 # tables and figures), so that the outputs of several grids live side by side.
 DEFAULT_RESULTS = "results"
