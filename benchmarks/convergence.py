@@ -29,7 +29,7 @@ def seed_record(root: Path, task: str, run: str, seed: int) -> dict:
     curve = pd.read_csv(root / "metrics/train" / task / run / f"seed{seed}" / "plots/metrics/eval" / f"{metric}.tsv",
                         sep="\t")[metric].tolist()
     capped = not training["stopped_early"]
-    best_is_last = max(curve) == curve[-1] and max(curve) > max(curve[:-1], default=float("-inf"))
+    best_is_last = curve[-1] > max(curve[:-1], default=float("-inf"))
     return {"capped": capped, "improving": capped and best_is_last, "best_step": training["best_step"],
             "gain": max(curve) - max(curve[:-LAST]) if capped and len(curve) > LAST else None}
 
