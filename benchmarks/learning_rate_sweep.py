@@ -8,7 +8,8 @@
 Trains each method × rate × seed with the train stage's own code and train.<profile>.<task> from params.yaml (the
 steps and the rate replaced, validation halfway and at the end unless --set says otherwise), prints one line each
 (with the best step's score: a run that collapsed to one class shows the majority class's share), and deletes
-what it trained. This is how the offline grids' rates were chosen (README); the scores are validation scores.
+what it trained; with seeds_in_parallel (in the settings or --set) the seeds train at once. This is how the
+offline grids' rates were chosen (README); the scores are validation scores.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from train import train  # noqa: E402
 
 from unipeft_bench import io  # noqa: E402
 from unipeft_bench.models import offline_environment  # noqa: E402
-from unipeft_bench.runs import Run, model_name  # noqa: E402
+from unipeft_bench.runs import Run, each_run, model_name  # noqa: E402
 
 
 def parse_run(text: str) -> tuple[str, dict]:
@@ -51,14 +52,13 @@ def main() -> None:
     for text in args.runs:
         method, budget = parse_run(text)
         for rate in args.rates:
-            for seed in args.seeds or [params["seed"]]:
-                settings = {**base, "steps": args.steps, "eval_every": args.steps // 2, **overrides,
-                            "learning_rate": rate, "learning_rate_by_method": {}, "learning_rate_by_run": {}}
-                run = Run(args.task, f"sweep-{method}", method, budget, seed,
-                          model_name(params, profile, args.task), profile)
-                report = train(run, settings)
+            settings = {**base, "steps": args.steps, "eval_every": args.steps // 2, **overrides,
+                        "learning_rate": rate, "learning_rate_by_method": {}, "learning_rate_by_run": {}}
+            runs = [Run(args.task, f"sweep-{method}", method, budget, seed, model_name(params, profile, args.task),
+                        profile) for seed in args.seeds or [params["seed"]]]
+            for run, report in each_run(train, runs, settings, f"train.{profile}.{args.task}"):
                 best = report["best_metric"]
-                print(f"{args.task} {text} lr={rate:g} seed={seed}: best {best['name']} {best['value']:.2f} "
+                print(f"{args.task} {text} lr={rate:g} seed={run.seed}: best {best['name']} {best['value']:.2f} "
                       f"at step {report['best_step']} of {report['steps']} ({report['seconds']:.0f} s)", flush=True)
                 shutil.rmtree(run.adapter_dir)
                 shutil.rmtree(run.live_dir, ignore_errors=True)

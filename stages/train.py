@@ -60,6 +60,15 @@ def token_sampler(run: Run, settings: dict, train_set, seq2seq: bool):
     return sampler_for(train_set, max_tokens, run.seed, multiple)
 
 
+def shortest_first(validation):
+    """The validation examples by length: an evaluation batch is padded to its longest example, and on the
+    sentiment stand-in's 500 (batches of 128) sorted batches take 1.5 s against 2.8 s in stored order (measured
+    on two cores), a fifth of a run's time at eight evaluations. Accuracy and ROUGE do not depend on the order;
+    the loss, a mean of batch means, moves a little."""
+    lengths = [len(ids) for ids in validation["input_ids"]]
+    return validation.select(sorted(range(len(lengths)), key=lengths.__getitem__))
+
+
 def train(run: Run, settings: dict) -> dict:
     import torch
     import unipeft
@@ -84,7 +93,8 @@ def train(run: Run, settings: dict) -> dict:
     except unipeft.ConfigError as err:
         raise DataError(str(err)) from None
     seq2seq = task.kind == "seq2seq"
-    validation = data["validation"].select(range(min(settings["eval_examples"], len(data["validation"]))))
+    validation = shortest_first(data["validation"].select(range(min(settings["eval_examples"],
+                                                                     len(data["validation"])))))
     columns = ["input_ids", "attention_mask", "labels"] + (["token_type_ids"] if "token_type_ids" in
                                                             data["train"].column_names else [])
     train_set = data["train"].select_columns(columns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -164,6 +165,55 @@ def test_the_stage_command_works_through_the_grids_seeds_in_one_process_and_stop
     out, err = capsys.readouterr()
     assert seen == [5, 6] and out == "sentiment/mam-small/seed5: {'seed': 5}\n" and err == "error: seed 6 failed\n"
 
+def _with_seeds_in_parallel(seeds: list[int], value=True, **train) -> dict:
+    sentiment = {**PARAMS["train"]["offline"]["sentiment"], "seeds_in_parallel": value, **train}
+    return {**PARAMS, "grid": {**PARAMS["grid"], "seeds": seeds},
+            "train": {**PARAMS["train"], "offline": {**PARAMS["train"]["offline"], "sentiment": sentiment}}}
+
+
+def _report_process(run, settings):  # at module level: the pool sends it to its processes by name
+    from pathlib import Path
+
+    Path(f"ran{run.seed}").write_text("")
+    if run.seed == 6:
+        raise DataError("seed 6 failed")
+    if run.seed == 9:
+        os._exit(3)  # as a process killed mid-run
+    return {"pid": os.getpid(), "threads": torch.get_num_threads()}
+
+
+def test_seeds_in_parallel_train_each_in_its_own_process_and_report_in_order(tmp_path, monkeypatch, capsys):
+    from unipeft_bench.runs import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 7, 8])))
+    assert stage_main(["sentiment", "mam-small"], "train", _report_process) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"sentiment/mam-small/seed{s}" for s in (5, 7, 8)]
+    reports = [eval(line.split(": ", 1)[1]) for line in lines]
+    assert len({r["pid"] for r in reports} | {os.getpid()}) == 4  # three processes, none of them this one
+    assert {r["threads"] for r in reports} == {max(1, len(os.sched_getaffinity(0)) // 3)}
+
+
+def test_seeds_in_parallel_all_run_and_the_first_error_is_raised(tmp_path, monkeypatch, capsys):
+    from unipeft_bench.runs import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 6, 7])))
+    assert stage_main(["sentiment", "mam-small"], "train", _report_process) == 1
+    assert capsys.readouterr().err == "error: seed 6 failed\n"
+    assert sorted(p.name for p in tmp_path.glob("ran*")) == ["ran5", "ran6", "ran7"]
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 9])))
+    with pytest.raises(RuntimeError, match="^sentiment/mam-small/seed9: its process ended without a result$"):
+        stage_main(["sentiment", "mam-small"], "train", _report_process)
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 7], value="yes")))
+    assert stage_main(["sentiment", "mam-small"], "train", _report_process) == 1
+    assert capsys.readouterr().err == ("error: params.yaml train.offline.sentiment.seeds_in_parallel: expected "
+                                       "true or false, got 'yes'\n")
+
+
 def test_fingerprint_changes_with_the_run_and_the_settings():
     run = Run("sentiment", "x", "lora", {"attn_bn": 4})
     assert run.fingerprint({"steps": 2}) != run.fingerprint({"steps": 3})
@@ -246,10 +296,10 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_p
         assert torch.equal(resumed_last[name], tensor), name
 
 
-@pytest.mark.parametrize("min_steps, stopped_at", [(None, 4), (7, 8)])
+@pytest.mark.parametrize("min_steps, stopped_at", [(None, 4), (7, 8), (20, 12)])
 def test_early_stopping_ends_a_run_whose_validation_score_stops_improving(sentiment_project, min_steps, stopped_at):
     """With a learning rate of 0 the validation loss never improves: patience 1 stops at the second evaluation,
-    or at the first evaluation from early_stopping_min_steps on."""
+    or at the first evaluation from early_stopping_min_steps on, or at the last step (12) when that comes first."""
     from train import train
 
     settings = {"steps": 12, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "eval_examples": 8,
@@ -257,7 +307,40 @@ def test_early_stopping_ends_a_run_whose_validation_score_stops_improving(sentim
                 "early_stopping_patience": 1, **({"early_stopping_min_steps": min_steps} if min_steps else {})}
     report = train(Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=3, model="minilm"), settings)
     assert (report["steps"], report["max_steps"], report["stopped_early"], report["best_step"]) == (
-        stopped_at, 12, True, 2)
+        stopped_at, 12, stopped_at < 12, 2)
+
+
+def test_seeds_trained_in_parallel_equal_seeds_trained_in_turn_at_one_thread(sentiment_project):
+    """Two seeds on two cores: one thread each, in two processes; the adapters are those of the same seeds
+    trained one after another at one thread (the scheduling of the processes changes nothing)."""
+    from safetensors.torch import load_file
+
+    from train import train
+    from unipeft_bench.runs import stage_main
+
+    tiny = {"steps": 4, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "eval_examples": 8,
+            "learning_rate": 1e-3, "warmup": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "select": "accuracy"}
+    params = _with_seeds_in_parallel([3, 4])
+    params["train"]["offline"]["sentiment"] = {**tiny, "seeds_in_parallel": True}
+    params["grid"]["runs"] = {"lora-small": {"method": "lora", "offline": {"attn_bn": 2}}}
+    (sentiment_project / "params.yaml").write_text(yaml.safe_dump(params))
+    weights = {}
+    threads = torch.get_num_threads()
+    for parallel in (False, True):
+        torch.set_num_threads(1)
+        if parallel:
+            assert stage_main(["sentiment", "lora-small"], "train", train) == 0
+        else:
+            for seed in (3, 4):
+                train(Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=seed, model="minilm"), tiny)
+        torch.set_num_threads(threads)
+        weights[parallel] = {seed: load_file(f"runs/sentiment/lora-small/seed{seed}/adapter_model.safetensors")
+                             for seed in (3, 4)}
+    for seed in (3, 4):
+        assert weights[True][seed].keys() == weights[False][seed].keys()
+        for name, tensor in weights[False][seed].items():
+            assert torch.equal(weights[True][seed][name], tensor), (seed, name)
+    assert any(not torch.equal(weights[True][3][n], weights[True][4][n]) for n in weights[True][3])  # two seeds
 
 
 @pytest.mark.parametrize("patience", [0, -1, 1.5, "2", True])

@@ -143,22 +143,81 @@ def resolve(params: dict, argv: list[str]) -> list[Run]:
 
 def stage_main(argv: list[str], section: str, work) -> int:
     """The command line of the train and evaluate stages: the runs `argv` names, their settings from params.yaml
-    <section>.<profile>.<task>, then `work(run, settings)` for each in turn; a DataError is one line on stderr and
-    exit status 1, and the runs after it are not started. Several seeds share one process: importing torch and
-    transformers costs ~4.5 s a process, which over the evidence grid's 132 train and evaluate stages was
-    ~17 minutes (README, "Evidence")."""
+    <section>.<profile>.<task>, then `work(run, settings)` for each (each_run); a DataError is one line on stderr and exit status 1, and the runs after
+    it are not started. Several seeds share one stage and one import: importing torch and transformers costs
+    ~4.5 s a process, which over the evidence grid's 132 train and evaluate stages was ~17 minutes (README,
+    "Evidence")."""
     try:
         params = io.params()
         runs = resolve(params, argv)
         if runs[0].profile == "offline":
             offline_environment()
-        settings = io.need(params, f"{section}.{runs[0].profile}.{runs[0].task}")
-        for run in runs:
-            print(f"{run.slug}: {work(run, dict(settings))}", flush=True)
+        where = f"{section}.{runs[0].profile}.{runs[0].task}"
+        for run, result in each_run(work, runs, io.need(params, where), where):
+            print(f"{run.slug}: {result}", flush=True)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def each_run(work, runs: list[Run], settings: dict, where: str):
+    """(run, work(run, settings)) for each run: in turn, or all at once with `seeds_in_parallel: true` on a CPU."""
+    together = settings.get("seeds_in_parallel", False)
+    if not isinstance(together, bool):
+        raise DataError(f"params.yaml {where}.seeds_in_parallel: expected true or false, got {together!r}")
+    return (_in_parallel if together and len(runs) > 1 and _one_cpu_process() else _in_turn)(work, runs, settings)
+
+
+def _in_turn(work, runs: list[Run], settings: dict):
+    for run in runs:
+        yield run, work(run, dict(settings))
+
+
+def _in_parallel(work, runs: list[Run], settings: dict):
+    """Each run in its own process, forked once torch and transformers are imported, the cores shared out as
+    threads (at least one each). A small model's step does not use two threads well: on two cores three
+    one-thread processes train 1.5x as many steps a second as one two-thread process (README, "Evidence").
+    Every run starts; the first error in the runs' order is the one raised, once all have ended."""
+    import multiprocessing
+
+    import torch
+    import transformers.trainer  # noqa: F401  imported here, once, rather than in each process
+
+    threads = max(1, len(os.sched_getaffinity(0)) // len(runs))
+
+    def child(run: Run, results) -> None:
+        torch.set_num_threads(threads)
+        try:
+            results.send((True, work(run, dict(settings))))
+        except BaseException as error:  # to the parent, which raises it
+            results.send((False, error))
+
+    context = multiprocessing.get_context("fork")
+    pipes = [context.Pipe(duplex=False) for _ in runs]
+    processes = [context.Process(target=child, args=(run, sender)) for run, (_, sender) in zip(runs, pipes)]
+    for process, (_, sender) in zip(processes, pipes):
+        process.start()
+        sender.close()  # the child's end: a child that dies then reads as EOFError here, not as a wait forever
+    outcomes = []
+    for run, (receiver, _), process in zip(runs, pipes, processes):
+        try:
+            outcomes.append(receiver.recv())
+        except EOFError:  # killed before it could answer
+            outcomes.append((False, RuntimeError(f"{run.slug}: its process ended without a result")))
+        process.join()
+    for run, (finished, outcome) in zip(runs, outcomes):
+        if not finished:
+            raise outcome
+        yield run, outcome
+
+
+def _one_cpu_process() -> bool:
+    """Seeds share the machine's cores only on CPU and without a launcher: on a GPU, or as one of several
+    processes that share the batches of one run, the seeds train one after another."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1 and not torch.cuda.is_available()
 
 
 def configured(config, overrides: dict, where: str):

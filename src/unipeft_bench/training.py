@@ -90,6 +90,7 @@ SETTING_RULES = {
     "warmup": (_number_at_least_0, "a number ≥ 0 (a fraction of the steps, or a number of steps)"),
     "weight_decay": (_number_at_least_0, "a number ≥ 0"),
     "max_grad_norm": (_number_at_least_0, "a number ≥ 0"),
+    "seeds_in_parallel": (lambda value: isinstance(value, bool), "true or false"),  # runs.stage_main
 }
 REQUIRED_KEYS = ("select", "learning_rate", "batch_size", "eval_batch_size", "eval_examples", "weight_decay",
                  "max_grad_norm")
@@ -189,7 +190,7 @@ def early_stopping(settings: dict, run) -> list:
     class EarlyStoppingAfter(EarlyStoppingCallback):
         def on_evaluate(self, args, state, control, metrics, **kwargs):
             super().on_evaluate(args, state, control, metrics, **kwargs)
-            if state.global_step < min_steps:
+            if state.global_step < min(min_steps, state.max_steps):  # never past the last step
                 control.should_training_stop = False
 
     return [EarlyStoppingAfter(early_stopping_patience=patience)]
