@@ -143,8 +143,8 @@ def resolve(params: dict, argv: list[str]) -> list[Run]:
 
 def stage_main(argv: list[str], section: str, work) -> int:
     """The command line of the train and evaluate stages: the runs `argv` names, their settings from params.yaml
-    <section>.<profile>.<task>, then `work(run, settings)` for each (each_run); a DataError is one line on stderr and exit status 1, and the runs after
-    it are not started. Several seeds share one stage and one import: importing torch and transformers costs
+    <section>.<profile>.<task>, then `work(run, settings)` for each (each_run); a DataError is one line on stderr
+    and exit status 1, and the runs after it are not started. Several seeds share one stage and one import: importing torch and transformers costs
     ~4.5 s a process, which over the evidence grid's 132 train and evaluate stages was ~17 minutes (README,
     "Evidence")."""
     try:
@@ -176,8 +176,8 @@ def _in_turn(work, runs: list[Run], settings: dict):
 
 def _in_parallel(work, runs: list[Run], settings: dict):
     """Each run in its own process, forked once torch and transformers are imported, the cores shared out as
-    threads (at least one each). A small model's step does not use two threads well: on two cores three
-    one-thread processes train 1.5x as many steps a second as one two-thread process (README, "Evidence").
+    threads (at least one each): what one seed does not keep busy (loading, saving, evaluation) another fills.
+    On two cores a stage of three seeds took 0.91x as long as in turn (README, "The pipeline stages").
     Every run starts; the first error in the runs' order is the one raised, once all have ended."""
     import multiprocessing
 
@@ -217,7 +217,9 @@ def _one_cpu_process() -> bool:
     processes that share the batches of one run, the seeds train one after another."""
     import torch
 
-    return int(os.environ.get("WORLD_SIZE", "1")) == 1 and not torch.cuda.is_available()
+    from .training import processes
+
+    return processes() == 1 and not torch.cuda.is_available()
 
 
 def configured(config, overrides: dict, where: str):

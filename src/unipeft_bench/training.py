@@ -90,7 +90,7 @@ SETTING_RULES = {
     "warmup": (_number_at_least_0, "a number ≥ 0 (a fraction of the steps, or a number of steps)"),
     "weight_decay": (_number_at_least_0, "a number ≥ 0"),
     "max_grad_norm": (_number_at_least_0, "a number ≥ 0"),
-    "seeds_in_parallel": (lambda value: isinstance(value, bool), "true or false"),  # runs.stage_main
+    "seeds_in_parallel": (lambda value: isinstance(value, bool), "true or false"),  # runs.each_run
 }
 REQUIRED_KEYS = ("select", "learning_rate", "batch_size", "eval_batch_size", "eval_examples", "weight_decay",
                  "max_grad_norm")
