@@ -217,9 +217,9 @@ def _one_cpu_process() -> bool:
     processes that share the batches of one run, the seeds train one after another."""
     import torch
 
-    from .training import processes
-
-    return processes() == 1 and not torch.cuda.is_available()
+    # WORLD_SIZE read here rather than through training.processes(): the evaluate stages import this module, and
+    # training.py is not among their dependencies.
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1 and not torch.cuda.is_available()
 
 
 def configured(config, overrides: dict, where: str):
