@@ -426,3 +426,31 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(kind, label
     assert ratio == pytest.approx(1.0, rel=1e-4), f"accumulated / whole-batch gradient norm: {ratio:.4f}"
     for name, gradient in whole.items():  # float sums in another order
         torch.testing.assert_close(accumulated[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_curves_logger_ends_when_another_seed_removed_dvclives_step_signal(tmp_path, monkeypatch):
+    """Seeds that train at once end their DVCLive together; DVCLive removes its VS Code step signal when it
+    finds it, and another seed can remove it between the check and the removal. Any other missing file still
+    fails."""
+    import dvclive.live
+
+    from unipeft_bench.training import curves_logger
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # where DVCLive puts the signal
+    live = curves_logger(tmp_path / "curves", tmp_path / "scratch")
+    live.log_metric("eval/accuracy", 50.0)
+    live.next_step()
+    signal = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "DVCLIVE_STEP_COMPLETED"
+    assert signal.exists()
+    signal.unlink()  # the other seed's end(), after this one found the signal
+    exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda path: str(path) == str(signal) or exists(path))
+    live.end()
+    assert (tmp_path / "curves" / "plots" / "metrics" / "eval" / "accuracy.tsv").exists()
+
+    def lost_curve():
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "curves" / "other.tsv"))
+
+    monkeypatch.setattr(dvclive.live, "cleanup_dvclive_step_completed", lost_curve)
+    with pytest.raises(FileNotFoundError, match="other.tsv"):
+        curves_logger(tmp_path / "curves2", tmp_path / "scratch").end()

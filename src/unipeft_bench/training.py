@@ -207,6 +207,16 @@ def curves_logger(directory: Path, scratch: Path):
         def metrics_file(self) -> str:
             return str(scratch / "dvclive_summary.json")
 
+        def end(self) -> None:
+            # The last thing end() does is remove DVCLive's VS Code step signal (.dvc/tmp/exps/run/
+            # DVCLIVE_STEP_COMPLETED, one per repository) if it exists; seeds that train at once (runs.each_run)
+            # end together, and another seed's removal can come between that check and this one's.
+            try:
+                super().end()
+            except FileNotFoundError as error:
+                if Path(error.filename or "").name != "DVCLIVE_STEP_COMPLETED":
+                    raise
+
     scratch.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").unlink(missing_ok=True)  # DVCLive's default place: cleared as Live clears its own
     return CurvesOnly(str(directory), dvcyaml=None, save_dvc_exp=False)
