@@ -454,3 +454,43 @@ def test_curves_logger_ends_when_another_seed_removed_dvclives_step_signal(tmp_p
     monkeypatch.setattr(dvclive.live, "cleanup_dvclive_step_completed", lost_curve)
     with pytest.raises(FileNotFoundError, match="other.tsv"):
         curves_logger(tmp_path / "curves2", tmp_path / "scratch").end()
+
+
+@pytest.mark.parametrize("learning_rate, patience, steps", [(1e-3, None, 10), (0.0, 1, 4)])
+def test_a_run_killed_after_its_training_ended_resumes_to_the_same_end(sentiment_project, monkeypatch,
+                                                                       learning_rate, patience, steps):
+    """A kill once training has ended (in a callback's on_train_end, here DVCLive's): the last checkpoint is where
+    the run ended, at its last step or by early stopping (a learning rate of 0 never improves the loss). Trainer
+    resumed from there would train on (a step past the last, or to the next evaluation), so the rerun resumes from
+    the checkpoint before it and ends where the uninterrupted run ended, with its weights."""
+    from safetensors.torch import load_file
+    from transformers.integrations import DVCLiveCallback
+
+    from train import train
+
+    settings = {"steps": 10, "batch_size": 4, "eval_batch_size": 8, "eval_every": 4 if patience is None else 2,
+                "eval_examples": 8, "learning_rate": learning_rate, "warmup": 0, "weight_decay": 0.0,
+                "max_grad_norm": 1.0, "select": "loss", "group_by_length": True,
+                **({"early_stopping_patience": patience} if patience else {})}
+    run = Run("sentiment", "lora-small", "lora", {"attn_bn": 2}, seed=3, model="minilm")
+    uninterrupted_report = train(run, settings)
+    weights = run.adapter_dir / "adapter_model.safetensors"
+    uninterrupted = load_file(weights)
+    weights.unlink()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    on_train_end = DVCLiveCallback.on_train_end
+    monkeypatch.setattr(DVCLiveCallback, "on_train_end", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, settings)
+    assert (run.checkpoint_dir / f"checkpoint-{steps}").is_dir() and not weights.exists()
+    monkeypatch.setattr(DVCLiveCallback, "on_train_end", on_train_end)
+    report = train(run, settings)
+    assert uninterrupted_report["steps"] == report["steps"] == steps
+    assert report["best_step"] == uninterrupted_report["best_step"]
+    resumed = load_file(weights)
+    assert resumed.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(resumed[name], tensor), name

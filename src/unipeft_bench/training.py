@@ -325,17 +325,22 @@ TRAINER_STATE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME,
 
 
 def resume_point(checkpoint_dir: Path, fingerprint: str) -> str | None:
-    """The last complete checkpoint of an interrupted run of the same configuration; anything else there is
-    cleared, incomplete checkpoints included (a process killed while saving one would otherwise wedge every later
-    run: Trainer refuses to resume from it). Under torchrun / accelerate every process asks, and only the main one
-    (RANK 0) clears and marks."""
+    """The last complete checkpoint of an interrupted run of the same configuration, short of the one where its
+    training ended; anything else there is cleared, incomplete checkpoints included (a process killed while
+    saving one would otherwise wedge every later run: Trainer refuses to resume from it). Under torchrun /
+    accelerate every process asks, and only the main one (RANK 0) clears and marks."""
     marker = checkpoint_dir / "run.json"
     if checkpoint_dir.is_dir():
         same = _marked(marker) == fingerprint
         complete, incomplete = _checkpoints(checkpoint_dir) if same else ([], [])
+        # Where training had ended (a kill after it, in a callback's on_train_end): Trainer resumed from there
+        # would train on, one step past the last or to the next evaluation after an early stop. The checkpoint
+        # before it replays the end exactly.
+        ended = [complete.pop()] if complete and _training_ended_at(complete[-1]) else []
         if main_process():
-            for checkpoint in incomplete:
-                print(f"removing {checkpoint}: its save was interrupted")
+            for checkpoint, why in [(c, "its save was interrupted") for c in incomplete] + [
+                    (c, "training had ended there") for c in ended]:
+                print(f"removing {checkpoint}: {why}")
                 shutil.rmtree(checkpoint, ignore_errors=True)
         if complete:
             print(f"resuming from {complete[-1]}")
@@ -372,6 +377,14 @@ def _checkpoints(checkpoint_dir: Path) -> tuple[list[Path], list[Path]]:
     complete = [path for path in checkpoints if _reads_as_json(path / TRAINER_STATE)
                 and (path / "unipeft_config.json").is_file()]
     return complete, [path for path in checkpoints if path not in complete]
+
+
+def _training_ended_at(checkpoint: Path) -> bool:
+    """Trainer saves its control flags with each checkpoint, after the step's evaluation: should_training_stop is
+    set at the last step and by early stopping."""
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    control = (state.get("stateful_callbacks") or {}).get("TrainerControl") or {}
+    return bool(control.get("args", {}).get("should_training_stop"))
 
 
 def _reads_as_json(path: Path) -> bool:
