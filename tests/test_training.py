@@ -220,6 +220,13 @@ def test_fingerprint_changes_with_the_run_and_the_settings():
     assert run.fingerprint({"steps": 2}) != Run("sentiment", "x", "lora", {"attn_bn": 8}).fingerprint({"steps": 2})
 
 
+def assert_equal_tensors(actual: dict, expected: dict) -> None:
+    """The same names, and bit-identical tensors under each."""
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+
+
 @pytest.fixture
 def sentiment_project(tmp_path, monkeypatch):
     import data_fixtures as fx
@@ -286,14 +293,9 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(sentiment_p
     assert all(batches[s] == uninterrupted_batches[s] for s in batches)  # the same batches as uninterrupted
     assert report["steps"] == 10 and not run.checkpoint_dir.exists()  # cleaned up once finished
     assert report["best_step"] == uninterrupted_report["best_step"]
-    resumed = load_file(weights)
-    assert resumed.keys() == uninterrupted.keys()
-    for name, tensor in uninterrupted.items():  # the adapter saved (the best checkpoint's)
-        assert torch.equal(resumed[name], tensor), name
-    uninterrupted_last, resumed_last = last_step[0], last_step[-1]  # and the weights after the last step
-    assert len(last_step) == 2 and resumed_last.keys() == uninterrupted_last.keys()
-    for name, tensor in uninterrupted_last.items():
-        assert torch.equal(resumed_last[name], tensor), name
+    assert_equal_tensors(load_file(weights), uninterrupted)  # the adapter saved (the best checkpoint's)
+    assert len(last_step) == 2
+    assert_equal_tensors(last_step[-1], last_step[0])  # and the weights after the last step
 
 
 @pytest.mark.parametrize("min_steps, stopped_at", [(None, 4), (7, 8), (20, 12)])
@@ -490,7 +492,4 @@ def test_a_run_killed_after_its_training_ended_resumes_to_the_same_end(sentiment
     report = train(run, settings)
     assert uninterrupted_report["steps"] == report["steps"] == steps
     assert report["best_step"] == uninterrupted_report["best_step"]
-    resumed = load_file(weights)
-    assert resumed.keys() == uninterrupted.keys()
-    for name, tensor in uninterrupted.items():
-        assert torch.equal(resumed[name], tensor), name
+    assert_equal_tensors(load_file(weights), uninterrupted)
