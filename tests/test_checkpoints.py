@@ -23,8 +23,16 @@ from test_methods import attach, perturb
 LORA_TWO_RANKS = {"name": "lora_two_ranks", "modifications": [  # rank_pattern and alpha_pattern in peft's file
     {"position": "q", "size": 4, "function": "identity", "composition": "scale", "scale": 2.0, "init": "lora"},
     {"position": "v", "size": 8, "function": "identity", "init": "lora", "targets": ["encoder"]}]}
+LORA_TWO_RANKS_CAUSAL = {"name": "lora_two_ranks_causal", "modifications": [  # one scale: GPT-2's block LoRA has one
+    {"position": "q", "size": 4, "function": "identity", "composition": "scale", "scale": 2.0, "init": "lora"},
+    {"position": "v", "size": 8, "function": "identity", "composition": "scale", "scale": 2.0, "init": "lora"}]}
 EXPORTABLE = [("lora", "bart"), ("lora", "roberta"), ("lora", "t5"), ("lora", "bert2bert"), ("lora_ffn", "bart"),
-              ("lora_ffn", "bert"), (LORA_TWO_RANKS, "mbart"), (LORA_TWO_RANKS, "roberta")]
+              ("lora_ffn", "bert"), (LORA_TWO_RANKS, "mbart"), (LORA_TWO_RANKS, "roberta"),
+              # decoder-only and gated FFNs: GPT-2's q and v thirds of c_attn become one block LoRA on c_attn; a gated
+              # FFN's fc1 is a LoRA on gate_proj (wi_0) and one on up_proj (wi_1)
+              ("lora", "llama"), ("lora", "qwen2"), ("lora", "qwen3"), ("lora", "gpt2"), ("lora_ffn", "llama"),
+              ("lora_ffn", "gpt2"), ("lora_ffn", "t5_gated"), (LORA_TWO_RANKS_CAUSAL, "gpt2"),
+              (LORA_TWO_RANKS_CAUSAL, "mistral")]
 NOT_LORA = ["mam", "pa", "prefix", "prompt", "prefix_lora_ffn", "adapter_pfeiffer"]
 
 
@@ -99,6 +107,13 @@ PEFT_ADAPTERS = [  # (arch, LoraConfig arguments): peft's own adapters, as peft 
     ("roberta", {"r": 8, "lora_alpha": 16, "target_modules": ["query", "key", "value"],
                  "modules_to_save": ["classifier"]}),
     ("t5", {"r": 2, "lora_alpha": 6, "target_modules": ["q", "v", "wo"]}),
+    ("llama", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
+    ("qwen2", {"r": 2, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"]}),
+    ("t5_gated", {"r": 2, "lora_alpha": 4, "target_modules": ["wi_0", "wi_1", "wo"]}),
+    # peft's LoRA on GPT-2's c_attn has one A for q, k and v: it loads as three LoRAs sharing (repeating) that A
+    ("gpt2", {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "fan_in_fan_out": True}),
+    ("gpt2", {"r": 4, "lora_alpha": 8, "target_modules": ["c_fc", "c_proj"], "fan_in_fan_out": True}),
 ]
 
 
@@ -116,6 +131,48 @@ def test_a_peft_lora_adapter_loads_into_the_library_with_peft_outputs(arch, kwar
     attachment = unipeft.load(model, tmp_path)
     torch.testing.assert_close(logits(model, batch(arch)), expected, rtol=1e-6, atol=1e-6)
     assert attachment.method.train_head == ("modules_to_save" in kwargs)
+
+
+# peft's LoRA and ours, side by side from the same weights: (arch, peft target modules, our positions)
+SIDE_BY_SIDE = [("llama", ["q_proj", "v_proj"], ["q", "v"]), ("qwen2", ["q_proj", "v_proj"], ["q", "v"]),
+                ("gpt2", ["c_fc", "c_proj"], ["fc1", "fc2", "o"]),
+                ("llama", ["gate_proj", "up_proj", "down_proj"], ["fc1", "fc2"])]
+
+
+@pytest.mark.parametrize("arch,modules,positions", SIDE_BY_SIDE, ids=[f"{c[0]}-{c[1][0]}" for c in SIDE_BY_SIDE])
+def test_lora_equals_peft_in_counts_outputs_gradients_and_merged_weights(arch, modules, positions):
+    peft_model = get_peft_model(build(arch), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=modules,
+                                                        fan_in_fan_out=arch == "gpt2"))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    model = build(arch)
+    attachment = unipeft.attach(model, {"name": "ours", "train_head": False, "modifications": [
+        {"position": p, "size": 4, "function": "identity", "composition": "scale", "scale": 2.0, "dropout": 0.0}
+        for p in positions]})
+    names = {id(m): n for n, m in model.named_modules()}
+    peft_names = {n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules()}
+    pairs = []  # (our site, peft's LoRA layer)
+    for *_, site, module in attachment.projection_sites():
+        pairs.append((site, peft_names[names[id(module)]]))
+        with torch.no_grad():
+            site.delta.down.weight.copy_(pairs[-1][1].lora_A["default"].weight)
+            site.delta.up.weight.copy_(pairs[-1][1].lora_B["default"].weight)
+    assert attachment.counts().trainable == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    inputs = batch(arch)
+    ours, theirs = model(**inputs), peft_model(**inputs)
+    torch.testing.assert_close(ours.logits, theirs.logits, rtol=1e-6, atol=1e-6)
+    ours.loss.backward()
+    theirs.loss.backward()
+    for site, layer in pairs:
+        torch.testing.assert_close(site.delta.down.weight.grad, layer.lora_A["default"].weight.grad)
+        torch.testing.assert_close(site.delta.up.weight.grad, layer.lora_B["default"].weight.grad)
+    merged_ours, merged_theirs = unipeft.merge_and_unload(model), peft_model.merge_and_unload()
+    theirs_state = merged_theirs.state_dict()
+    for name, weight in merged_ours.state_dict().items():
+        torch.testing.assert_close(weight, theirs_state[name], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", NOT_LORA)
@@ -249,3 +306,28 @@ def test_the_command_lines_model_names_are_the_libraries():
     from unipeft.models import PAPER_MODELS as models
     assert tuple(PAPER_MODELS) == tuple(models)
 
+
+
+# --- prefix tuning against peft's -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_prefix_with_shifted_positions_equals_peft_prefix_tuning_on_grouped_query_attention(arch):
+    """peft's prefix tuning puts l key/value vectors per key/value head in the cache, so its tokens take positions
+    l … l+n−1; ours with `shift_positions: true` and the same vectors gives the same logits. (Not compared: peft's
+    own `generate`, whose first step differs from its forward on the same tokens by up to 0.12 here.)"""
+    from peft import PrefixTuningConfig
+    peft_model = get_peft_model(build(arch), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    model = build(arch)
+    attachment = unipeft.attach(model, {"name": "prefix", "modifications": [
+        {"position": "head", "size": 3, "reparam": "direct", "shift_positions": True}]})
+    vectors = attachment.container[0]["decoder"]["vectors"].vectors
+    layers, width = vectors.shape[0], vectors.shape[-1]
+    with torch.no_grad():  # peft's layout: (l, layers · [key, value] · n_kv · d_h)
+        vectors.copy_(peft_model.prompt_encoder["default"].embedding.weight.view(3, layers, 2, width)
+                      .permute(1, 2, 0, 3))
+    inputs = batch(arch)
+    torch.testing.assert_close(logits(model, inputs), logits(peft_model, inputs), rtol=1e-5, atol=1e-5)
+    ids = inputs["input_ids"][:1]  # and without a mask, positions from the model's default
+    torch.testing.assert_close(logits(model, {"input_ids": ids}), logits(peft_model, {"input_ids": ids}),
+                               rtol=1e-5, atol=1e-5)

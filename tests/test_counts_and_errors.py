@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from transformers import BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel
+from transformers import BartConfig, BartForConditionalGeneration, OPTConfig, OPTForCausalLM
 
 import unipeft
 from unipeft.models import build_without_weights
@@ -45,6 +45,31 @@ def test_base_model_sizes_match_the_published_checkpoints():
     sizes = {name: unipeft.attach(build_without_weights(name), "bitfit").base_params
              for name in ("bart-large", "mbart-large-cc25", "roberta-base")}
     assert sizes == {"bart-large": 406_291_456, "mbart-large-cc25": 610_851_840, "roberta-base": 124_055_040}
+
+
+LLMS = {  # name → (layers, d, d_ff, query heads, key/value heads, d_h, parameters as published)
+    "llama-3-8b": (32, 4096, 14336, 32, 8, 128, 8_030_261_248),
+    "mistral-7b": (32, 4096, 14336, 32, 8, 128, 7_241_732_096),
+    "qwen2.5-0.5b": (24, 896, 4864, 14, 2, 64, 494_032_768),
+    "smollm2-135m": (30, 576, 1536, 9, 3, 64, 134_515_008),
+}
+
+
+@pytest.mark.parametrize("name", LLMS)
+def test_decoder_only_counts_follow_the_formulas_and_peft(name):
+    """Grouped-query attention: LoRA on W_q (d → H·d_h) and W_v (d → n_kv·d_h), a prefix 2·l·n_kv·d_h a layer; the
+    gated FFN's fc1 is gate and up: 3·r·(d + d_ff) a layer. LoRA's count equals what peft prints for the same
+    config, and the untied LM head (Llama-3, Mistral) is pretrained, not a task head that trains."""
+    from peft import LoraConfig, get_peft_model
+    layers, d, d_ff, heads, kv, dh, published = LLMS[name]
+    counts = {m: unipeft.attach(build_without_weights(name), m).counts() for m in ("lora", "lora_ffn", "prefix")}
+    assert counts["lora"].paper == counts["lora"].trainable == layers * 16 * ((d + heads * dh) + (d + kv * dh))
+    assert counts["lora_ffn"].paper == layers * 102 * 3 * (d + d_ff)
+    assert counts["prefix"].paper == layers * 2 * 200 * kv * dh
+    assert counts["lora"].paper_denominator == published and counts["lora"].head == 0
+    peft_model = get_peft_model(build_without_weights(name), LoraConfig(r=16, target_modules=["q_proj", "v_proj"]))
+    assert counts["lora"].trainable == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert sum(p.numel() for p in peft_model.parameters()) == published + counts["lora"].trainable
 
 
 def test_trainable_and_stored_counts_separate_training_cost_from_storage():
@@ -101,8 +126,9 @@ BAD_INPUT = [
      "scale"),
     ("sequential head", lambda: unipeft.Method.from_dict(
         {"name": "x", "modifications": [{"position": "head", "size": 4, "insertion": "sequential"}]}), "insertion"),
-    ("unmapped model", lambda: unipeft.attach(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2)), "pa"),
-     "architecture 'gpt2' has no map"),
+    ("unmapped model", lambda: unipeft.attach(OPTForCausalLM(OPTConfig(
+        vocab_size=32, hidden_size=8, num_hidden_layers=1, ffn_dim=16, num_attention_heads=2, word_embed_proj_dim=8)),
+        "pa"), "architecture 'opt' has no map"),
     ("attached twice", lambda: [unipeft.attach(m := build("bart"), "pa"), unipeft.attach(m, "lora")],
      "already attached"),
 ]

@@ -11,11 +11,12 @@ import torch
 import unipeft
 from unipeft.functions import PrefixVectors
 
-from conftest import BUILDERS, SEQ2SEQ, batch, build, logits
+from conftest import BUILDERS, CAUSAL, GENERATIVE, SEQ2SEQ, batch, build, logits
 
 BUDGET = {"attn_bn": 4, "ffn_bn": 8}  # small sizes keep every case fast; counts are checked on real configs too
+NO_BIASES = ("t5", "t5_gated", "llama", "mistral", "qwen3", "llama_classifier")  # see test_bitfit_on_a_model_...
 CASES = [(method, arch) for method in unipeft.preset_names() for arch in BUILDERS
-         if (method, arch) != ("bitfit", "t5")]  # T5 has no biases: see test_bitfit_on_a_model_without_biases
+         if not (method == "bitfit" and arch in NO_BIASES)]
 # Methods whose Δh is zero at initialisation (LoRA init: W_up = 0, or P_v = 0), so the model's output must not change.
 ZERO_INIT = ("lora", "lora_ffn", "scaled_pa", "scaled_pa_learned", "mh_pa_lora_init")
 MERGEABLE = ("lora", "lora_ffn", "prefix_lora_ffn")
@@ -95,14 +96,40 @@ def test_every_attached_modification_reaches_the_output(method, arch):
             parts.load_state_dict(saved)
 
 
-@pytest.mark.parametrize("method,arch", [(m, a) for m, a in CASES if a in SEQ2SEQ])
+def prompts(arch):
+    """Generation inputs: two sources, the second one padded (left-padded on a decoder-only model)."""
+    inputs = batch(arch)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if arch in CAUSAL:
+        ids, mask = ids.clone(), mask.flip(-1)
+        ids[1] = torch.cat([torch.zeros(3, dtype=ids.dtype), ids[1, :6]])  # pad id 0 first, then the 6 tokens
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("method,arch", [(m, a) for m, a in CASES if a in GENERATIVE])
 def test_beam_search_with_cache_equals_without(method, arch):
     model, attachment = attach(method, arch)
     perturb(attachment)
-    inputs = batch(arch)
-    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], num_beams=3,
-                  max_new_tokens=6, min_new_tokens=6)
+    kwargs = dict(**prompts(arch), num_beams=3, max_new_tokens=6, min_new_tokens=6)
     assert torch.equal(model.generate(**kwargs, use_cache=True), model.generate(**kwargs, use_cache=False))
+
+
+@pytest.mark.parametrize("method,arch", [(m, a) for m, a in CASES if a in GENERATIVE])
+def test_padded_batched_generation_equals_one_by_one(method, arch):
+    model, attachment = attach(method, arch)
+    perturb(attachment)
+    inputs = prompts(arch)
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, output_scores=True,
+                  return_dict_in_generate=True)
+    together = model.generate(**inputs, **kwargs)
+    for row in range(2):
+        keep = inputs["attention_mask"][row].bool()
+        alone = model.generate(input_ids=inputs["input_ids"][row, keep][None],
+                               attention_mask=inputs["attention_mask"][row, keep][None], **kwargs)
+        new = alone.sequences.shape[1] - 5
+        assert torch.equal(together.sequences[row, -5:], alone.sequences[0, new:])
+        for step_together, step_alone in zip(together.scores, alone.scores):
+            torch.testing.assert_close(step_together[row], step_alone[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ZERO_INIT)
@@ -132,12 +159,11 @@ def test_prefix_concat_equals_gated_parallel_adapter_form(arch, reparam):
         torch.manual_seed(7)
         attachment = unipeft.attach(model, method)
         outputs[form] = logits(model, batch(arch))
-        if arch in SEQ2SEQ:
-            outputs[form + "-beams"] = model.generate(input_ids=batch(arch)["input_ids"], num_beams=3,
-                                                      attention_mask=batch(arch)["attention_mask"], max_new_tokens=6)
+        if arch in GENERATIVE:
+            outputs[form + "-beams"] = model.generate(**prompts(arch), num_beams=3, max_new_tokens=6)
         del attachment
     torch.testing.assert_close(outputs["concat"], outputs["gated"], rtol=1e-5, atol=1e-5)
-    if arch in SEQ2SEQ:
+    if arch in GENERATIVE:
         assert torch.equal(outputs["concat-beams"], outputs["gated-beams"])
 
 
@@ -284,6 +310,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(method, reentrant):
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
 
 
-def test_bitfit_on_a_model_without_biases_is_refused():
-    with pytest.raises(unipeft.ConfigError, match="t5 has no bias parameters"):
-        unipeft.attach(build("t5"), "bitfit")
+@pytest.mark.parametrize("arch", NO_BIASES)
+def test_bitfit_on_a_model_without_biases_is_refused(arch):
+    with pytest.raises(unipeft.ConfigError, match="has no bias parameters"):
+        unipeft.attach(build(arch), "bitfit")

@@ -114,8 +114,7 @@ def test_multi_head_parallel_adapter_reuses_the_attention_query_per_head(method,
     path = {"roberta": lambda m: m.roberta.encoder.layer[1].attention}.get(arch, lambda m: m.model.encoder.layers[1])
     attn, base = path(model), path(reference)
     parts = attachment.container[0]["encoder"]
-    norm = parts["layers"][1].delta.norm_in
-    assert (norm is not None) == layer_norm
+    norm = parts["layers"][1].delta.norm_in if layer_norm else None  # the scaled form runs inside the attention
     p_k, p_v = parts["vectors"]()[1]
     if arch == "roberta":
         q_proj, o_proj, run = attn.self.query, attn.output.dense, lambda a: a(X)[0]
@@ -127,7 +126,7 @@ def test_multi_head_parallel_adapter_reuses_the_attention_query_per_head(method,
         x = norm(X) if layer_norm else X
         delta = _hand_multi_head_adapter(x, q_proj.weight, q_proj.bias, p_k, p_v, 4, scaling)
         if arch == "roberta":  # BertSelfOutput: LN(W_o(heads + Δh) + b + x)
-            expected = attn.output.LayerNorm(F.linear(attn.self(X)[0] + delta, o_proj.weight, o_proj.bias) + X)
+            expected = attn.output.LayerNorm(F.linear(base.self(X)[0] + delta, o_proj.weight, o_proj.bias) + X)
         else:
             expected = run(base) + F.linear(delta, o_proj.weight)
         torch.testing.assert_close(run(attn), expected, rtol=1e-5, atol=1e-5)
@@ -237,6 +236,10 @@ def test_delta_dropout_is_the_models_attention_or_hidden_dropout(method, positio
                                                     attention_dropout=0.3, max_position_embeddings=32))
     attachment = unipeft.attach(model, method, **sized(method, attn_bn=3, ffn_bn=5))
     index = [m.position for m in attachment.method.modifications].index(position)
+    if position == "head":  # the multi-head PA runs inside the attention function, its dropout on the slot
+        slot = model.model.encoder.layers[0].self_attn.__dict__["_unipeft_prefixes"][index]
+        assert slot.dropout == dropout
+        return
     site = attachment.container[index]["encoder"]["layers"][0]
     assert site.delta.dropout.p == dropout
 

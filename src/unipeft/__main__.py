@@ -12,7 +12,8 @@ import sys
 from .design import ConfigError
 from .presets import names, preset
 
-PAPER_MODELS = ("bart-large", "mbart-large-cc25", "roberta-base")  # models.PAPER_MODELS, without importing torch
+PAPER_MODELS = ("bart-large", "mbart-large-cc25", "roberta-base", "llama-3-8b", "mistral-7b", "qwen2.5-0.5b",
+                "smollm2-135m")  # models.PAPER_MODELS, without importing torch
 
 
 def _scale(text: str) -> float | str:

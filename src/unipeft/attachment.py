@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 from collections import OrderedDict
 from typing import Callable
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attention
-from .architectures import ArchitectureMap, architecture_of, get
+from .architectures import ArchitectureMap, architecture_of, features, get, paths
 from .design import PROJECTIONS, ConfigError, Method, Modification
 from .functions import Bottleneck, Composition, MultiHeadBottleneck, PrefixVectors, Prompt
 from .presets import resolve
@@ -41,23 +42,31 @@ READ_WRITE: dict[tuple[str, str], tuple[tuple[str, str], tuple[str, str]]] = {
 class Site(nn.Module):
     """One Δh at one sublayer: reads x at one hook, composes f(x) into h at another.
 
-    Δh runs in the adapter's dtype (fp32 on a half-precision base by default) and is cast back to h's dtype."""
+    Δh runs in the adapter's dtype (fp32 on a half-precision base by default) and is cast back to h's dtype.
+    `columns` selects what it writes (and, sequential, reads) of a fused projection's output: GPT-2's q, k or v
+    third of c_attn."""
 
-    def __init__(self, delta: nn.Module, composition: Composition):
+    def __init__(self, delta: nn.Module, composition: Composition, columns: slice | None = None,
+                 read_columns: slice | None = None):
         super().__init__()
         self.delta, self.compose = delta, composition
+        self.columns, self.read_columns = columns, read_columns
         self._x: torch.Tensor | None = None
         self.merged = False  # a linear Δh folded into its projection's weight
         self.enabled = True  # False inside Attachment.disabled()
 
     def read(self, x: torch.Tensor) -> None:
-        self._x = x
+        self._x = x if self.read_columns is None else x[..., self.read_columns]
 
     def write(self, h: torch.Tensor) -> torch.Tensor:
         x, self._x = self._x, None
         if self.merged or not self.enabled:
             return h
-        return self.compose(h, self.delta(x)).to(h.dtype)
+        if self.columns is None:
+            return self.compose(h, self.delta(x)).to(h.dtype)
+        out = h.clone()
+        out[..., self.columns] = self.compose(h[..., self.columns], self.delta(x)).to(h.dtype)
+        return out
 
 
 class RenormalisedSite(Site):
@@ -124,7 +133,7 @@ def _sublayers(arch: ArchitectureMap, target: str) -> dict[str, str]:
 
 def _available_targets(arch: ArchitectureMap, mod: Modification) -> tuple[str, ...]:
     if mod.position == "embeddings":
-        return ("encoder",)
+        return ("decoder",) if arch.causal else ("encoder",)
     stacks = tuple(arch.stacks)
     if mod.budget_side == "attn" and arch.cross_attention is not None:
         stacks += ("cross",)
@@ -137,8 +146,8 @@ def _stack(target: str) -> str:
 
 # Δh's dropout, as the official code: attention-side modifications use the attention dropout (its Adapter_Layer and
 # MH PA inside the attention take the attention's `self.dropout`), FFN-side ones the hidden dropout.
-_DROPOUT_KEYS = {"attn": ("attention_dropout", "attention_probs_dropout_prob", "dropout_rate"),
-                 "ffn": ("dropout", "hidden_dropout_prob", "dropout_rate")}
+_DROPOUT_KEYS = {"attn": ("attention_dropout", "attention_probs_dropout_prob", "dropout_rate", "attn_pdrop"),
+                 "ffn": ("dropout", "hidden_dropout_prob", "dropout_rate", "resid_pdrop")}
 
 
 def _model_dropout(model: nn.Module, side: str) -> float:
@@ -150,10 +159,24 @@ def _model_dropout(model: nn.Module, side: str) -> float:
 
 
 def _heads(attention_core: nn.Module) -> int:
+    """The number of query heads."""
     for name in ("num_heads", "num_attention_heads", "n_heads"):
         if hasattr(attention_core, name):
             return getattr(attention_core, name)
+    config = getattr(attention_core, "config", None)  # Llama-family attention keeps only its config
+    if getattr(config, "num_attention_heads", None):
+        return config.num_attention_heads
     raise ConfigError(f"model: cannot tell the number of heads of {type(attention_core).__name__}")
+
+
+def _norm(model: nn.Module, arch: ArchitectureMap):
+    """The adapter's own norm (`layer_norm: in/out`): the model's kind, RMSNorm with the model's epsilon on
+    pre-RMSNorm models (Llama, Qwen, Mistral, T5), else LayerNorm as the official code."""
+    if arch.norm == "layer":
+        return nn.LayerNorm
+    config = model.config
+    eps = getattr(config, "rms_norm_eps", None) or getattr(config, "layer_norm_epsilon", None) or 1e-6
+    return functools.partial(nn.RMSNorm, eps=eps)
 
 
 def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict:
@@ -234,6 +257,116 @@ class _PromptHooks:
         return torch.cat([self.vectors(x), x[:, self.length:]], dim=1)
 
 
+def _first_real(mask: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+    """Per row, the index of the first attended token (left padding comes before it)."""
+    if mask is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return mask.long().argmax(-1)
+
+
+def _insert_at(x: torch.Tensor, inserted: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """x (B, T, ...) with inserted (B, l, ...) placed before column starts[b] of each row: (B, T + l, ...)."""
+    length, total = inserted.shape[1], x.shape[1] + inserted.shape[1]
+    j = torch.arange(total, device=x.device)[None]
+    s = starts[:, None]
+    source = torch.where(j < s, j, torch.where(j < s + length, x.shape[1] + j - s, j - length))
+    source = source.view(*source.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.cat([x, inserted], dim=1).gather(1, source)
+
+
+def _remove_at(y: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of _insert_at: drops the `length` columns from starts[b] on."""
+    j = torch.arange(y.shape[1] - length, device=y.device)[None]
+    source = torch.where(j < starts[:, None], j, j + length)
+    source = source.view(*source.shape, *([1] * (y.dim() - 2))).expand(-1, -1, *y.shape[2:])
+    return y.gather(1, source)
+
+
+def _past_length(inputs: dict) -> int:
+    cache = inputs.get("cache", inputs.get("past_key_values"))
+    return cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+
+
+class _CausalPromptHooks:
+    """Prompt tuning on a decoder-only model: the l vectors go before the first real token of each row (after BOS
+    when the row starts with the model's BOS, the attention sink it was trained with) and take positions like tokens,
+    so the real tokens move up by l. The attention mask and position ids given are extended to match; later steps of
+    a cached generation find the vectors in the cache, so only their mask and positions are extended. The base
+    model's output drops the l positions again: logits, a classifier's last token and labels stay aligned with the
+    input ids."""
+
+    def __init__(self, prompt: Prompt, embed: nn.Embedding, bos: int | None, max_positions: int | None):
+        self.prompt, self.embed, self.bos, self.max_positions = prompt, embed, bos, max_positions
+        self._starts: torch.Tensor | None = None
+
+    def before_model(self, module, args, kwargs):
+        self._starts = None
+        if not self.prompt.enabled:
+            return None
+        inputs, length = _bind(module, args, kwargs), self.prompt.vectors.shape[0]
+        ids, embeds, mask = inputs.get("input_ids"), inputs.get("inputs_embeds"), inputs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise ConfigError("prompt tuning: a decoder-only model needs a 2-D attention mask (batch, tokens)")
+        positions = inputs.get("position_ids")
+        if _past_length(inputs):  # a cached step: the vectors are in the cache already, before every new token
+            if mask is not None:
+                ones = mask.new_ones(mask.shape[0], length)
+                inputs["attention_mask"] = _insert_at(mask, ones, _first_real(mask, mask.shape[0], mask.device))
+            if positions is not None:
+                inputs["position_ids"] = positions + length
+            return (), inputs
+        embeds = self.embed(ids) if embeds is None else embeds
+        batch, device = embeds.shape[0], embeds.device
+        if self.max_positions is not None and embeds.shape[1] + length > self.max_positions:
+            raise ConfigError(f"prompt tuning: {embeds.shape[1]} tokens + {length} prompt vectors exceed the "
+                              f"model's {self.max_positions} positions; shorten the input or the prompt")
+        starts = _first_real(mask, batch, device)
+        if ids is not None and self.bos is not None:
+            starts = starts + (ids.gather(1, starts.clamp(max=ids.shape[1] - 1)[:, None])[:, 0] == self.bos).long()
+        vectors = self.prompt.vectors.to(embeds.dtype).expand(batch, -1, -1)
+        inputs["inputs_embeds"], inputs["input_ids"] = _insert_at(embeds, vectors, starts), None
+        if mask is not None:
+            inputs["attention_mask"] = _insert_at(mask, mask.new_ones(batch, length), starts)
+        if inputs.get("token_type_ids") is not None:
+            types = inputs["token_type_ids"]
+            inputs["token_type_ids"] = _insert_at(types, types.new_zeros(batch, length), starts)
+        if positions is not None:  # the vectors take the positions from the first one after them on
+            first = positions.gather(1, starts.clamp(max=positions.shape[1] - 1)[:, None])
+            first = torch.where(starts[:, None] < positions.shape[1], first, positions[:, -1:] + 1)
+            moved = positions + length * (torch.arange(positions.shape[1], device=device)[None] >= starts[:, None])
+            inputs["position_ids"] = _insert_at(moved, first + torch.arange(length, device=device)[None], starts)
+        self._starts = starts
+        return (), inputs
+
+    def after_model(self, module, args, output):
+        starts, self._starts = self._starts, None
+        if starts is None:
+            return None
+        output["last_hidden_state"] = _remove_at(output["last_hidden_state"], starts, self.prompt.vectors.shape[0])
+        return output
+
+
+class _PositionShift:
+    """peft's prefix tuning puts the prefix in the key/value cache, so the real tokens' positions start at l:
+    `shift_positions: true` adds l to the position ids a decoder-only model gets, to reproduce it."""
+
+    def __init__(self, shift: int, max_positions: int | None):
+        self.shift, self.max_positions = shift, max_positions
+
+    def before_model(self, module, args, kwargs):
+        inputs = _bind(module, args, kwargs)
+        positions = inputs.get("position_ids")
+        if positions is None:  # the model's own default: its tokens after the cached ones
+            like = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
+            positions = torch.arange(like.shape[1], device=like.device)[None] + _past_length(inputs)
+        positions = positions + self.shift
+        if self.max_positions is not None and int(positions.max()) >= self.max_positions:
+            raise ConfigError(f"prefix tuning: positions shifted by the prefix length {self.shift} exceed the "
+                              f"model's {self.max_positions} positions; shorten the input or the prefix")
+        inputs["position_ids"] = positions
+        return (), inputs
+
+
 class _Passes:
     """Opens a pass (see PrefixVectors) around each forward of the model."""
 
@@ -263,8 +396,8 @@ class _Passes:
 
 
 def _ours(hook) -> bool:
-    return isinstance(hook, (_InputHook, _OutputHook)) or isinstance(getattr(hook, "__self__", None),
-                                                                      (_PromptHooks, _Passes))
+    return isinstance(hook, (_InputHook, _OutputHook)) or isinstance(
+        getattr(hook, "__self__", None), (_PromptHooks, _CausalPromptHooks, _PositionShift, _Passes))
 
 
 _REFERENCES = ("_unipeft_prefixes", "_vectors", "_query", "_norm")  # plain attributes that name modules
@@ -354,6 +487,7 @@ class Attachment:
         self.prefixed: list[nn.Module] = []
         self.annotated: list[nn.Module] = []
         self.dropout = {side: _model_dropout(model, side) for side in _DROPOUT_KEYS}
+        self.norm = _norm(model, self.arch)
         targets = [self._targets(i, m) for i, m in enumerate(method.modifications)]  # check all before changing any
         trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
@@ -361,6 +495,7 @@ class Attachment:
         try:
             self.container = nn.ModuleList(nn.ModuleDict({t: self._build_target(i, m, t) for t in ts})
                                            for i, (m, ts) in enumerate(zip(method.modifications, targets)))
+            self._shift_positions()
         except BaseException:  # leave the model as it was given
             self._remove_hooks()
             for p, flag in zip(model.parameters(), trainable):
@@ -399,52 +534,86 @@ class Attachment:
             self.annotated.append(module)
         annotation.notes.append(text)
 
+    def _columns(self, position: str) -> slice | None:
+        """The columns of a fused projection's output that a q, k or v modification owns (GPT-2: thirds of c_attn)."""
+        if not (self.arch.self_attention.fused and position in ("q", "k", "v")):
+            return None
+        layer = get(self.base, self.arch.stacks["decoder"])[0]
+        width = features(get(layer, self.arch.self_attention.q))[1] // 3
+        i = "qkv".index(position)
+        return slice(i * width, (i + 1) * width)
+
+    def _width(self, layer: nn.Module, names: dict, position: str) -> int:
+        columns = self._columns(position)
+        return features(get(layer, names[position]))[1] if columns is None else columns.stop - columns.start
+
+    def _hook(self, site: Site, reader: nn.Module, read_side: str, writer: nn.Module, write_side: str,
+              label: str) -> None:
+        self.handles.append(_HOOKS[read_side](reader, site.read))
+        self.handles.append(_HOOKS[write_side](writer, site.write))
+        size = f"{sum(p.numel() for p in site.parameters()):,} parameters"
+        if reader is writer:
+            self._note(writer, f"{label} from the {read_side} into the {write_side} ({size})")
+        else:
+            self._note(reader, f"{label} reads the {read_side}")
+            self._note(writer, f"{label} into the {write_side} ({size})")
+
     def _build_target(self, index: int, mod: Modification, target: str) -> nn.ModuleDict:
         if mod.position == "embeddings":
             return self._build_prompt(index, mod)
         parts = nn.ModuleDict()
         layers = get(self.base, self.arch.stacks[_stack(target)])
         names = _sublayers(self.arch, target)
-        core = get(layers[0], names["core"])
-        d, heads = get(layers[0], names["o"]).out_features, _heads(core)
+        o_in, d = features(get(layers[0], names["o"]))  # o_in = heads·d_h, which is not always d (Qwen3)
         dropout = self.dropout[mod.budget_side] if mod.dropout is None else mod.dropout
         label = _label(index, mod)
         if mod.position == "head":
-            parts["vectors"] = vectors = PrefixVectors(len(layers), d, mod)
-            if mod.function == "softmax":
+            # l vectors per key/value head: 2·l·n_kv·d_h a layer, 2·l·d without grouped-query attention
+            parts["vectors"] = vectors = PrefixVectors(len(layers), d, mod, width=self._width(layers[0], names, "k"))
+            if mod.function == "softmax" or mod.query == "scaled":  # computed inside the attention (attention.py)
+                what = ("P_k, P_v join the keys and values" if mod.function == "softmax"
+                        else "per-head Δh from the attention's own query, added before W_o")
                 for i, layer in enumerate(layers):
                     core = get(layer, names["core"])
                     core.__dict__.setdefault("_unipeft_prefixes", []).append(
-                        attention.PrefixSlot(vectors, i, mod.composition, mod.form))
+                        attention.PrefixSlot(vectors, i, mod.composition, mod.form, mod.function, dropout))
                     self.prefixed.append(core)
-                    self._note(core, f"{label}: P_k, P_v of layer {i} join the keys and values")
+                    self._note(core, f"{label}: layer {i}'s {what}")
                 return parts
         sites = nn.ModuleList()
+        if mod.position in PROJECTIONS:  # LoRA and other Δh on one projection: read and write at that module
+            columns = self._columns(mod.position)
+            for layer in layers:
+                members = {}
+                for path in paths(names[mod.position]):  # a gated FFN's fc1 is two matrices: one Δh each
+                    module = get(layer, path)
+                    d_in, d_out = features(module)
+                    d_out = d_out if columns is None else columns.stop - columns.start
+                    parallel = READ_WRITE[(mod.position, mod.insertion)][0][1] == "input"
+                    site = Site(Bottleneck(d_in if parallel else d_out, d_out, mod, dropout, self.norm),
+                                Composition(mod), columns, None if parallel else columns)
+                    self._hook(site, module, "input" if parallel else "output", module, "output", label)
+                    members[path.rsplit(".", 1)[-1]] = site
+                sites.append(next(iter(members.values())) if len(members) == 1 else nn.ModuleDict(members))
+            parts["layers"] = sites
+            return parts
         (read_at, read_side), (write_at, write_side) = READ_WRITE[(mod.position, mod.insertion)]
         renormalised = mod.position == "layer" and self.arch.output_norm is not None
         if renormalised:  # Pfeiffer on a post-LN model: LN(x + h + f(LN(x + h))) with the layer's own LN
             (read_at, read_side), (write_at, write_side) = ("output_norm", "input"), ("output_norm", "output")
+        width = {("o", "input"): o_in}  # every other place Δh reads or writes is d wide
+        d_in, d_out = width.get((read_at, read_side), d), width.get((write_at, write_side), d)
         for i, layer in enumerate(layers):
-            if mod.position == "head":
-                delta = MultiHeadBottleneck(vectors, i, get(layer, names["q"]), heads, get(layer, names["core"]).scaling,
-                                            mod, dropout)
-            elif mod.position in PROJECTIONS:
-                linear = get(layer, names[mod.position])
-                delta = Bottleneck(linear.in_features, linear.out_features, mod, dropout)
+            if mod.position == "head":  # the multi-head PA in the official BART file's form (query: unscaled)
+                delta = MultiHeadBottleneck(vectors, i, get(layer, names["q"]), _heads(get(layer, names["core"])),
+                                            self._width(layer, names, "q"), mod, dropout, self.norm,
+                                            self._columns("q") or slice(None))
             else:
-                delta = Bottleneck(d, d, mod, dropout)
+                delta = Bottleneck(d_in, d_out, mod, dropout, self.norm)
             site = (RenormalisedSite(delta, Composition(mod), get(layer, names["output_norm"])) if renormalised
                     else Site(delta, Composition(mod)))
             sites.append(site)
-            reader, writer = get(layer, names[read_at]), get(layer, names[write_at])
-            self.handles.append(_HOOKS[read_side](reader, site.read))
-            self.handles.append(_HOOKS[write_side](writer, site.write))
-            size = f"{sum(p.numel() for p in site.parameters()):,} parameters"
-            if reader is writer:
-                self._note(writer, f"{label} from the {read_side} into the {write_side} ({size})")
-            else:
-                self._note(reader, f"{label} reads the {read_side}")
-                self._note(writer, f"{label} into the {write_side} ({size})")
+            self._hook(site, get(layer, names[read_at]), read_side, get(layer, names[write_at]), write_side, label)
         parts["layers"] = sites
         return parts
 
@@ -456,6 +625,17 @@ class Attachment:
         encoder = get(self.base, self.arch.encoder)
         embed = get(encoder, self.arch.word_embeddings)
         prompt = Prompt(embed.embedding_dim, mod)
+        if self.arch.causal:
+            limit = self._max_positions()
+            if limit is not None and mod.size >= limit:
+                raise ConfigError(f"method {self.method.name!r}.modifications[{index}].size: {mod.size} prompt "
+                                  f"vectors leave no room for tokens among the model's {limit} positions")
+            hooks = _CausalPromptHooks(prompt, embed, self.model.config.bos_token_id, self._max_positions())
+            self.handles.append(encoder.register_forward_pre_hook(hooks.before_model, with_kwargs=True))
+            self.handles.append(encoder.register_forward_hook(hooks.after_model))
+            self._note(encoder, f"{_label(index, mod)} vectors inserted before the first token "
+                                f"({prompt.vectors.numel():,} parameters)")
+            return nn.ModuleDict({"prompt": prompt})
         seq2seq = self.arch.decoder is not None
         positionless = seq2seq and self.arch.prompt_norm is not None  # else T5: relative positions only
         max_positions = None if seq2seq else getattr(getattr(encoder, "config", self.model.config),
@@ -474,6 +654,23 @@ class Attachment:
             decoder = get(self.base, self.arch.decoder)
             self.handles.append(decoder.register_forward_pre_hook(hooks.before_decoder, with_kwargs=True))
         return nn.ModuleDict({"prompt": prompt})
+
+    def _max_positions(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def _shift_positions(self) -> None:
+        shift = sum(m.size for m in self.method.modifications if m.shift_positions)
+        if not shift:
+            return
+        if not self.arch.causal:
+            raise ConfigError(f"method {self.method.name!r}: shift_positions applies to decoder-only models, whose "
+                              f"position ids it shifts; {self.model.config.model_type} is not one")
+        limit = self._max_positions()
+        if limit is not None and shift >= limit:
+            raise ConfigError(f"method {self.method.name!r}: positions shifted by the prefix length {shift} leave no "
+                              f"room for tokens among the model's {limit} positions")
+        hooks = _PositionShift(shift, limit)
+        self.handles.append(self.base.register_forward_pre_hook(hooks.before_model, with_kwargs=True))
 
     def _unfreeze(self) -> None:
         for p in self.container.parameters():
@@ -499,10 +696,14 @@ class Attachment:
                                "(unipeft.attach or unipeft.load) to use it")
 
     def head_parameters(self) -> dict[str, nn.Parameter]:
-        """Task-head parameters: those of the model outside its base model (a tied LM head is not one)."""
-        in_base = {id(p) for p in self.base.parameters()}
+        """Task-head parameters: those of the model outside its base model. A language model's output embeddings
+        are pretrained, tied or not (Llama-3's and T5 v1.1's untied lm_head: 525M parameters on Llama-3-8B), so
+        they are not a task head; nor is their bias (BERT's LM head; BART's is a buffer)."""
+        output = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        pretrained = {id(p) for p in self.base.parameters()}
+        pretrained |= {id(p) for p in (output.parameters() if output is not None else ())}
         return {n: p for n, p in self.model.named_parameters()
-                if id(p) not in in_base and not n.startswith("unipeft.")}
+                if id(p) not in pretrained and not n.startswith("unipeft.")}
 
     def sites(self) -> list[Site]:
         return [m for m in self.container.modules() if isinstance(m, Site)]
@@ -543,35 +744,50 @@ class Attachment:
         self._check_attached("save()")
         save(self, directory)
 
-    def _mergeable(self, action: str) -> list[tuple[Site, nn.Linear]]:
-        self._check_attached(action)
-        pairs = []
-        for mod, per_target in zip(self.method.modifications, self.container):
-            if not (mod.position in PROJECTIONS and mod.insertion == "parallel" and mod.function == "identity"
-                    and mod.layer_norm == "none"):
+    def projection_sites(self):
+        """(modification index, modification, target, layer, site, projection module) for every Δh on a projection;
+        a gated FFN's fc1 gives one entry per matrix, GPT-2's q, k, v the fused c_attn with the site's columns."""
+        for index, (mod, per_target) in enumerate(zip(self.method.modifications, self.container)):
+            if mod.position not in PROJECTIONS:
                 continue
             for target, parts in per_target.items():
                 layers = get(self.base, self.arch.stacks[_stack(target)])
-                path = _sublayers(self.arch, target)[mod.position]
-                pairs += [(site, get(layer, path)) for site, layer in zip(parts["layers"], layers)]
+                for i, (entry, layer) in enumerate(zip(parts["layers"], layers)):
+                    for path in paths(_sublayers(self.arch, target)[mod.position]):
+                        site = entry if isinstance(entry, Site) else entry[path.rsplit(".", 1)[-1]]
+                        yield index, mod, target, i, site, get(layer, path)
+
+    def _mergeable(self, action: str) -> list[tuple[Site, nn.Module]]:
+        self._check_attached(action)
+        pairs = [(site, module) for _, mod, _, _, site, module in self.projection_sites()
+                 if mod.insertion == "parallel" and mod.function == "identity" and mod.layer_norm == "none"]
         if not pairs:
             raise ConfigError(f"method {self.method.name!r}: nothing to merge; only LoRA-style modifications "
                               "(a linear parallel Δh on a projection) fold into the base weights")
         return pairs
 
+    @staticmethod
+    def _fold(site: Site, module: nn.Module, sign: float) -> None:
+        delta = sign * site.compose.scale * site.delta.delta_weight()  # (out, in)
+        columns = slice(None) if site.columns is None else site.columns
+        if isinstance(module, nn.Linear):
+            module.weight[columns] += delta.to(module.weight.dtype)
+        else:  # Conv1D stores its weight as (in, out)
+            module.weight[:, columns] += delta.T.to(module.weight.dtype)
+
     @torch.no_grad()
     def merge(self) -> None:
         """Fold every LoRA-style Δh into its projection: W ← W + s·W_up W_down."""
-        for site, linear in self._mergeable("merge()"):
+        for site, module in self._mergeable("merge()"):
             if not site.merged:
-                linear.weight += site.compose.scale * site.delta.delta_weight()
+                self._fold(site, module, 1.0)
                 site.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        for site, linear in self._mergeable("unmerge()"):
+        for site, module in self._mergeable("unmerge()"):
             if site.merged:
-                linear.weight -= site.compose.scale * site.delta.delta_weight()
+                self._fold(site, module, -1.0)
                 site.merged = False
 
     @contextlib.contextmanager

@@ -1,8 +1,14 @@
-"""Head-level softmax modifications (prefix tuning and its gated form) as a transformers attention function.
+"""Head-level modifications (prefix tuning, its gated form, the multi-head parallel adapter) as a transformers
+attention function.
 
 transformers 5 routes every attention through `ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`, after the
-key/value cache update. Registering "unipeft" there lets a prefix join the keys and values of exactly the
-attention modules that carry one, while the cache never holds it; everything else is plain SDPA.
+key/value cache update and after rotary positions and q/k norms are applied. Registering "unipeft" there lets a
+prefix join the keys and values of exactly the attention modules that carry one, while the cache never holds it,
+and gives the multi-head PA the query exactly as the attention computes it; everything else is plain SDPA.
+
+Grouped-query attention: the keys and values arrive with n_kv heads, fewer than the query's. A prefix has l vectors
+per key/value head, joined to that head's keys and values, so it serves the head's group of query heads as the
+keys do. The prefix keys carry no rotation and the real tokens keep their positions 0…n−1: Eq. 7 has no positions.
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .functions import PrefixVectors
+from .functions import PrefixVectors, per_query_head
 
 IMPLEMENTATION = "unipeft"
 
@@ -25,12 +31,23 @@ class PrefixSlot:
 
     vectors: PrefixVectors
     layer: int
-    composition: str  # gate (prefix tuning) or add (the -gating ablation)
+    composition: str  # gate (prefix tuning) or add (the -gating ablation, and the multi-head PA)
     form: str  # concat or gated (Eq. 7-9 written out); equal for composition gate
+    function: str = "softmax"  # softmax: prefix tuning; relu (or identity): the multi-head parallel adapter
+    dropout: float = 0.0  # the multi-head PA's, on its hidden units
+
+    def multi_head_delta(self, query: torch.Tensor, scaling: float, training: bool) -> torch.Tensor:
+        """Per query head i: f(q_i P_k,i^T) P_v,i with q·scaling as the attention uses it, (B, H, T, d_h)."""
+        heads, head_dim = query.shape[1], query.shape[-1]
+        p_k, p_v = (per_query_head(p, heads, head_dim) for p in self.vectors()[self.layer])  # (H, l, dh)
+        hidden = torch.matmul((query * scaling).to(p_k.dtype), p_k.transpose(-1, -2))
+        hidden = torch.relu(hidden) if self.function == "relu" else hidden
+        hidden = torch.nn.functional.dropout(hidden, p=self.dropout, training=training)
+        return torch.matmul(hidden, p_v).to(query.dtype)
 
 
 def _per_head(prefix: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(l, d) → (B, H, l, d_h), matching the batch (beams included) and heads of `like`."""
+    """(l, n_kv·d_h) → (B, n_kv, l, d_h), matching the batch (beams included) and key/value heads of `like`."""
     batch, heads = like.shape[:2]
     return prefix.unflatten(-1, (heads, -1)).transpose(0, 1).expand(batch, -1, -1, -1).to(like.dtype)
 
@@ -56,28 +73,44 @@ def _prepend(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
 
 def _attend(query, key, value, mask, scaling, dropout, training, bias):
     """softmax(q k^T · scaling + bias + mask) v, with the log-sum-exp of the logits (for the gate λ of Eq. 8)."""
+    groups = query.shape[1] // key.shape[1]  # grouped-query attention: each key/value head serves `groups` queries
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     logits = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if bias is not None:
         logits = logits + bias
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probs = torch.nn.functional.dropout(torch.exp(logits - lse), p=dropout, training=training)
+    # A query that may attend to nothing (a left-padding position) gets 0, not exp(-inf + inf) = NaN, which would
+    # reach real tokens through 0·NaN in later layers; its λ is then 1 (the prefix alone), as in the concat form.
+    probs = torch.exp(logits - lse.masked_fill(torch.isneginf(lse), 0.0))
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=training)
     return torch.matmul(probs, value), lse
 
 
 def unipeft_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     slots = [s for s in module.__dict__.get("_unipeft_prefixes", ()) if s.vectors.enabled]
-    if not slots:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+    prefixes = [s for s in slots if s.function == "softmax"]
+    if prefixes:
+        output, _ = _prefixed_attention(module, prefixes, query, key, value, attention_mask, dropout, scaling, kwargs)
+    else:
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                           scaling=scaling, **kwargs)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    for slot in slots:  # the multi-head PA: h + Δh per head, before W_o
+        if slot.function != "softmax":
+            output = output + slot.multi_head_delta(query, scaling, module.training).transpose(1, 2)
+    return output, None
+
+
+def _prefixed_attention(module, slots, query, key, value, attention_mask, dropout, scaling, kwargs):
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     kwargs.pop("is_causal", None)  # the prefix columns make the mask explicit
     bias = kwargs.pop("position_bias", None)  # T5's relative position bias; prefixes have no position
     mask = _explicit_mask(module, attention_mask, query, key)
     concat = [s for s in slots if s.composition == "gate" and s.form == "concat"]
     for slot in concat:  # Li & Liang's form: head = Attn(q, [P_k; K], [P_v; V])
-        p_k, p_v = (_per_head(p, query) for p in slot.vectors()[slot.layer])
+        p_k, p_v = (_per_head(p, key) for p in slot.vectors()[slot.layer])
         key, value = torch.cat([p_k, key], dim=2), torch.cat([p_v, value], dim=2)
         mask = _prepend(mask, p_k.shape[2])
         bias = None if bias is None else _prepend(bias.expand(query.shape[0], -1, -1, -1), p_k.shape[2])
@@ -89,7 +122,7 @@ def unipeft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     # The unified view written out (Eq. 7-9): h ← (1-λ) h + λ Δh, or h + Δh without the gate.
     output, lse = _attend(query, key, value, mask, scaling, dropout, module.training, bias)
     for slot in explicit:
-        p_k, p_v = (_per_head(p, query) for p in slot.vectors()[slot.layer])
+        p_k, p_v = (_per_head(p, key) for p in slot.vectors()[slot.layer])
         delta, lse_prefix = _attend(query, p_k, p_v, None, scaling, dropout, module.training, None)
         if slot.composition == "gate":
             gate = torch.sigmoid(lse_prefix - lse)  # λ(x) = Σexp(prefix logits) / Σexp(all logits)

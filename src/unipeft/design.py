@@ -71,6 +71,9 @@ class Modification:
     mid_dim: int = 800  # hidden size of that MLP
     form: str = "concat"  # a gated softmax head: concatenate P to K/V, or Eq. 7-9 written out
     query: str = "scaled"  # a ReLU head (MH PA): the attention's own query (scaled) or W_q x without 1/sqrt(d_h)
+    # A prefix on a decoder-only model: the real tokens keep positions 0…n−1 (false; Eq. 7 has no positions) or
+    # start at l (true), as peft's prefix tuning, which puts the prefix in the key/value cache, gives them.
+    shift_positions: bool = False
 
     def __post_init__(self) -> None:
         _resolve(self)
@@ -109,7 +112,8 @@ def _resolve(m: Modification) -> None:
 
     if m.position == "embeddings":
         _check(m.function is None, "function", "prompt tuning (position 'embeddings') has no functional form")
-        _check(m.targets in (None, ("encoder",)), "targets", "prompt tuning inserts vectors into the encoder input only")
+        _check(m.targets in (None, ("encoder",), ("decoder",)), "targets",
+               "prompt tuning inserts vectors into one input: the encoder's, or a decoder-only model's")
         return
     _check(m.function in FUNCTIONS, "function", f"unknown function {m.function!r}; expected one of {FUNCTIONS}")
     _check(m.insertion in INSERTIONS, "insertion", f"unknown insertion {m.insertion!r}; expected one of {INSERTIONS}")
@@ -146,6 +150,12 @@ def _resolve(m: Modification) -> None:
            "the softmax (prefix) function acts on per-head attention: use position 'head'")
     _check(m.function != "softmax" or m.composition in ("gate", "add"), "composition",
            "a prefix composes by gating (prefix tuning) or adding (the -gating ablation)")
+    _check(isinstance(m.shift_positions, bool), "shift_positions", f"must be true or false, got {m.shift_positions!r}")
+    _check(not m.shift_positions or m.function == "softmax", "shift_positions",
+           "shifts the positions of the tokens after a prefix: it needs the softmax (prefix) function")
+    _check(m.function == "softmax" or m.position != "head" or m.query == "unscaled" or m.layer_norm == "none",
+           "layer_norm", "query 'scaled' is the attention's own query, which no adapter LayerNorm can precede; use "
+           "query 'unscaled' for LN(x) W_q")
     _check(m.position != "head" or m.insertion == "parallel", "insertion",
            "head-level modifications read the attention input: insertion must be 'parallel'")
     _check(m.position != "layer" or m.insertion == "sequential", "insertion",

@@ -7,10 +7,12 @@ weights and final prefix vectors only, no biases, no layer norms, no prefix MLP.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .architectures import features
 from .design import Modification
 
 
@@ -32,14 +34,15 @@ class Bottleneck(nn.Module):
     Dropout follows each family's reference code: on the input for LoRA, on the hidden units for adapters.
     """
 
-    def __init__(self, d_in: int, d_out: int, mod: Modification, dropout: float):
+    def __init__(self, d_in: int, d_out: int, mod: Modification, dropout: float,
+                 norm: Callable[[int], nn.Module] = nn.LayerNorm):
         super().__init__()
         self.function = mod.function
         bias = mod.function != "identity"
-        self.norm_in = nn.LayerNorm(d_in) if mod.layer_norm == "in" else None
+        self.norm_in = norm(d_in) if mod.layer_norm == "in" else None
         self.down = nn.Linear(d_in, mod.size, bias=bias)
         self.up = nn.Linear(mod.size, d_out, bias=bias)
-        self.norm_out = nn.LayerNorm(d_out) if mod.layer_norm == "out" else None
+        self.norm_out = norm(d_out) if mod.layer_norm == "out" else None
         self.dropout = nn.Dropout(dropout)
         _init_bottleneck(self.down, self.up, mod.init)
 
@@ -67,9 +70,12 @@ def _keep(x: torch.Tensor) -> torch.Tensor:
 
 
 class PrefixVectors(nn.Module):
-    """P_k and P_v of every layer of one attention type, shape (layers, 2, l, d).
+    """P_k and P_v of every layer of one attention type, shape (layers, 2, l, width).
 
-    `mlp` is Li & Liang's re-parameterisation (Embedding(l, d) → Linear(d, mid) → tanh → Linear(mid, 2·layers·d)),
+    `width` is what the attention's keys have: d, or n_kv·d_head under grouped-query attention, where a key/value
+    head's prefix is shared by that head's group of query heads (as its keys are).
+
+    `mlp` is Li & Liang's re-parameterisation (Embedding(l, d) → Linear(d, mid) → tanh → Linear(mid, 2·layers·width)),
     a training-time cost that `fold()` removes; `direct` learns the vectors themselves, N(0, 0.02).
 
     The vectors are computed once per pass and shared by all layers; the attachment opens a pass around each forward
@@ -77,12 +83,13 @@ class PrefixVectors(nn.Module):
     and device moves are always seen.
     """
 
-    def __init__(self, layers: int, d: int, mod: Modification):
+    def __init__(self, layers: int, d: int, mod: Modification, width: int | None = None):
         super().__init__()
-        self.shape = (layers, 2, mod.size, d)
+        width = d if width is None else width
+        self.shape = (layers, 2, mod.size, width)
         if mod.reparam == "mlp":
             self.embedding = nn.Embedding(mod.size, d)
-            self.mlp = nn.Sequential(nn.Linear(d, mod.mid_dim), nn.Tanh(), nn.Linear(mod.mid_dim, layers * 2 * d))
+            self.mlp = nn.Sequential(nn.Linear(d, mod.mid_dim), nn.Tanh(), nn.Linear(mod.mid_dim, layers * 2 * width))
         else:
             self.vectors = nn.Parameter(torch.randn(self.shape) * 0.02)
         if mod.init == "lora":
@@ -106,9 +113,9 @@ class PrefixVectors(nn.Module):
     def compute(self) -> torch.Tensor:
         if hasattr(self, "vectors"):
             return self.vectors
-        l, d = self.shape[2], self.shape[3]
-        out = self.mlp(self.embedding.weight)  # (l, layers·2·d)
-        return out.view(l, self.shape[0], 2, d).permute(1, 2, 0, 3)
+        l, width = self.shape[2], self.shape[3]
+        out = self.mlp(self.embedding.weight)  # (l, layers·2·width)
+        return out.view(l, self.shape[0], 2, width).permute(1, 2, 0, 3)
 
     def forward(self) -> torch.Tensor:
         if self._pass is None:
@@ -144,40 +151,48 @@ class PrefixVectors(nn.Module):
 
 
 class MultiHeadBottleneck(nn.Module):
-    """Multi-head parallel adapter: per head i, Δh_i = ReLU(q^(i) P_k^(i)T) P_v^(i), added before W_o.
+    """Multi-head parallel adapter in the official BART file's form (`query: unscaled`): per head i,
+    Δh_i = ReLU(q^(i) P_k^(i)T) P_v^(i) with q = LN(x) W_q + b computed here from the attention's input, without the
+    1/sqrt(d_h) scaling, rotary positions or q-norm the attention applies; added before W_o. The `scaled` form, the
+    attention's own query, is computed inside the attention function (attention.py).
 
-    q is the attention's own query: with `query: scaled` exactly as the attention computes it, (x W_q + b)·d_h^-1/2
-    (the official mBART code's `cross_attn_relu` reuses `query_states`; its RoBERTa code also scales); with
-    `query: unscaled` x W_q + b (its BART file, there behind an input LayerNorm). W_q is frozen; P_k, P_v are
-    prefix vectors (l per head), so each head gets its own bottleneck at the parameter cost of one PA of size l
-    (the paper's Table 4).
+    P_k, P_v are prefix vectors, l per key/value head: under grouped-query attention each serves its group of query
+    heads. W_q is frozen, so each head gets its own bottleneck at the cost of one PA of size l (the paper's Table 4).
     """
 
-    def __init__(self, vectors: PrefixVectors, layer: int, query: nn.Linear, heads: int, scaling: float,
-                 mod: Modification, dropout: float):
+    def __init__(self, vectors: PrefixVectors, layer: int, query: nn.Module, heads: int, query_width: int,
+                 mod: Modification, dropout: float, norm: Callable[[int], nn.Module] = nn.LayerNorm,
+                 query_columns: slice = slice(None)):
         super().__init__()
         # Tuples keep the shared prefix vectors and the frozen W_q out of this module's parameters.
         self._vectors = (vectors,)
         self._query = (query,)
         self.layer, self.heads, self.function = layer, heads, mod.function
-        self.scaling = scaling if mod.query == "scaled" else 1.0
-        d = query.in_features
-        self.norm_in = nn.LayerNorm(d) if mod.layer_norm == "in" else None
+        self.head_dim = query_width // heads
+        self.query_columns = query_columns  # GPT-2's fused c_attn: q is the first third of its output
+        self.norm_in = norm(features(query)[0]) if mod.layer_norm == "in" else None
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p_k, p_v = self._vectors[0]()[self.layer].unflatten(-1, (self.heads, -1)).unbind(0)  # (l, H, dh)
+        p_k, p_v = (per_query_head(p, self.heads, self.head_dim) for p in self._vectors[0]()[self.layer])  # (H, l, dh)
         query = self._query[0]
         if self.norm_in is not None:
             x = self.norm_in(x.to(self.norm_in.weight.dtype))
         # W_q is the base model's (its dtype), P_k, P_v the adapter's
-        q = (query(x.to(query.weight.dtype)) * self.scaling).to(p_k.dtype).unflatten(-1, (self.heads, -1))
-        hidden = torch.einsum("bthd,lhd->bthl", q, p_k)
+        q = query(x.to(query.weight.dtype))[..., self.query_columns].to(p_k.dtype).unflatten(-1, (self.heads, -1))
+        hidden = torch.einsum("bthd,hld->bthl", q, p_k)
         hidden = self.dropout(torch.relu(hidden) if self.function == "relu" else hidden)
-        return torch.einsum("bthl,lhd->bthd", hidden, p_v).flatten(-2)
+        return torch.einsum("bthl,hld->bthd", hidden, p_v).flatten(-2)
 
     def paper_params(self) -> int:
         return 0  # its P_k, P_v are counted once, in PrefixVectors
+
+
+def per_query_head(prefix: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(l, n_kv·d_h) → (heads, l, d_h): key/value head j serves query heads j·g … (j+1)·g − 1, g = heads / n_kv, the
+    layout of transformers' repeat_kv."""
+    per_kv = prefix.unflatten(-1, (-1, head_dim)).transpose(0, 1)  # (n_kv, l, dh)
+    return per_kv.repeat_interleave(heads // per_kv.shape[0], dim=0)
 
 
 class Prompt(nn.Module):

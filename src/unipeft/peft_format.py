@@ -15,20 +15,21 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .architectures import architecture_of, get
+from .architectures import architecture_of, features, get, paths
 from .attachment import Attachment, attach, attachment_of
 from .design import POSITIONS, ConfigError, Method, Modification
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before every module name
 # peft features with no unipeft equivalent: a config that turns one on is refused rather than read wrongly.
-_UNSUPPORTED = ("use_dora", "lora_bias", "fan_in_fan_out", "layer_replication", "target_parameters",
+_UNSUPPORTED = ("use_dora", "lora_bias", "layer_replication", "target_parameters",
                 "trainable_token_indices", "alora_invocation_tokens", "use_qalora", "use_bdlora")
 
 
@@ -38,27 +39,44 @@ def is_lora_style(mod: Modification) -> bool:
             and mod.function == "identity" and mod.layer_norm == "none")
 
 
-def _projections(model: nn.Module) -> dict[tuple[str, str, int], str]:
-    """(position, target, layer) → the projection's name in `model.named_modules()`, for every projection a
-    LoRA-style modification can adapt; found by identity, so that any prefix of the task class is included."""
+class _Projection(NamedTuple):
+    position: str
+    target: str
+    layer: int
+    member: str | None  # one matrix of a gated FFN's fc1 (gate_proj, up_proj), else None
+    columns: slice | None  # GPT-2's fused c_attn: the q, k or v third of its output
+
+
+def _projections(model: nn.Module) -> dict[str, list[_Projection]]:
+    """Module name in `model.named_modules()` → what a LoRA-style modification there adapts, for every projection
+    of the mapped layers; found by identity, so that any prefix of the task class is included. GPT-2's c_attn is
+    three projections (q, k, v), a gated FFN's fc1 two modules."""
     arch = architecture_of(model)
     names = {id(module): name for name, module in model.named_modules()}
     targets = list(arch.stacks) + (["cross"] if arch.cross_attention is not None else [])
-    out = {}
+    out: dict[str, list[_Projection]] = {}
     for target in targets:
         attn = arch.cross_attention if target == "cross" else arch.self_attention
-        paths = {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
+        positions = {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
         if target != "cross":
-            paths |= {"fc1": arch.fc1, "fc2": arch.fc2}
+            positions |= {"fc1": arch.fc1, "fc2": arch.fc2}
         layers = get(model.base_model, arch.stacks["encoder" if target == "encoder" else "decoder"])
-        for position, path in paths.items():
+        for position, value in positions.items():
+            members = paths(value)
             for i, layer in enumerate(layers):
-                out[(position, target, i)] = names[id(get(layer, path))]
+                for path in members:
+                    module = get(layer, path)
+                    columns = None
+                    if attn.fused and position in "qkv":
+                        width = features(module)[1] // 3
+                        columns = slice("qkv".index(position) * width, ("qkv".index(position) + 1) * width)
+                    member = path.rsplit(".", 1)[-1] if len(members) > 1 else None
+                    out.setdefault(names[id(module)], []).append(_Projection(position, target, i, member, columns))
     return out
 
 
 def _lora_sites(attachment: Attachment, purpose: str):
-    """(modification, site, projection name, state-key prefix) of every site, refusing other modifications."""
+    """(modification, site, projection module name, state-key prefix) of every site, refusing other modifications."""
     method = attachment.method
     for i, mod in enumerate(method.modifications):
         if not is_lora_style(mod):
@@ -66,13 +84,28 @@ def _lora_sites(attachment: Attachment, purpose: str):
                               f"only (a linear parallel Δh on q, k, v, o, fc1 or fc2, no layer_norm); this one is "
                               f"position {mod.position!r}, function {mod.function!r}, insertion {mod.insertion!r}, "
                               f"layer_norm {mod.layer_norm!r}")
-    names = _projections(attachment.model)
-    out = []
-    for i, (mod, per_target) in enumerate(zip(method.modifications, attachment.container)):
-        for target, parts in per_target.items():
-            for layer, site in enumerate(parts["layers"]):
-                out.append((mod, site, names[(mod.position, target, layer)], f"unipeft.{i}.{target}.layers.{layer}"))
-    return out
+    names = {id(module): name for name, module in attachment.model.named_modules()}
+    return [(mod, site, names[id(module)], names[id(site)]) for _, mod, _, _, site, module
+            in attachment.projection_sites()]
+
+
+def _fused_lora(method: Method, name: str, parts: list) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """LoRAs on the q, k or v thirds of one fused projection (GPT-2's c_attn) as the one LoRA peft puts on the whole
+    module: A stacks their down-projections, B holds each up-projection in its own rows and columns and zeros
+    elsewhere (nothing of k when only q and v are adapted), so x A^T B^T is exactly their sum. Returns A, B, s."""
+    scales = {mod.scale for mod, _ in parts}
+    columns = [site.columns for _, site in parts]
+    if len(scales) > 1 or None in columns or len({c.start for c in columns}) < len(columns):
+        raise ConfigError(f"method {method.name!r}: the modifications on {name} overlap or differ in scale "
+                          f"{sorted(map(str, scales))}; a peft LoRA adapter has one per module, with one lora_alpha")
+    rank = sum(mod.size for mod, _ in parts)
+    down = torch.cat([site.delta.down.weight for _, site in parts])
+    up = parts[0][1].delta.up.weight.new_zeros(3 * (columns[0].stop - columns[0].start), rank)
+    offset = 0
+    for mod, site in parts:
+        up[site.columns, offset:offset + mod.size] = site.delta.up.weight
+        offset += mod.size
+    return down, up, scales.pop()
 
 
 def _head_modules(attachment: Attachment) -> list[str]:
@@ -95,19 +128,28 @@ def save_peft(attachment: Attachment, directory: str | os.PathLike) -> Path:
     if method.unfreeze != "none":
         raise ConfigError(f"method {method.name!r}.unfreeze: {method.unfreeze!r} trains base-model weights, which a "
                           "peft LoRA adapter does not hold")
-    sites = _lora_sites(attachment, "a peft LoRA adapter")
-    state, ranks, alphas, dropouts = {}, {}, {}, set()
-    for mod, site, name, _ in sites:
+    by_module: dict[str, list] = {}
+    for mod, site, name, _ in _lora_sites(attachment, "a peft LoRA adapter"):
         if mod.scale == "learned":
             raise ConfigError(f"method {method.name!r}: a learned scale has no peft LoRA equivalent (lora_alpha is "
                               "a constant)")
-        if name in ranks:
+        if name in by_module and site.columns is None:
             raise ConfigError(f"method {method.name!r}: two modifications adapt {name}; a peft LoRA adapter has one "
                               "per module")
-        state[f"{_PREFIX}{name}.lora_A.weight"] = site.delta.down.weight
-        state[f"{_PREFIX}{name}.lora_B.weight"] = site.delta.up.weight
-        ranks[name], alphas[name] = mod.size, float(mod.scale) * mod.size  # peft's scaling is lora_alpha / r
-        dropouts.add(site.delta.dropout.p)
+        by_module.setdefault(name, []).append((mod, site))
+    state, ranks, alphas, dropouts, conv1d = {}, {}, {}, set(), set()
+    for name, parts in by_module.items():
+        (mod, site), = parts if parts[0][1].columns is None else [(None, None)]
+        down, up, scale = ((site.delta.down.weight, site.delta.up.weight, mod.scale) if site is not None
+                           else _fused_lora(method, name, parts))
+        state[f"{_PREFIX}{name}.lora_A.weight"], state[f"{_PREFIX}{name}.lora_B.weight"] = down, up
+        ranks[name] = down.shape[0]
+        alphas[name] = float(scale) * ranks[name]  # peft's scaling is lora_alpha / r
+        dropouts |= {site.delta.dropout.p for _, site in parts}
+        conv1d.add(not isinstance(attachment.model.get_submodule(name), nn.Linear))
+    if len(conv1d) > 1:
+        raise ConfigError(f"method {method.name!r}: adapts both nn.Linear and Conv1D projections; peft's "
+                          "fan_in_fan_out is one setting for all of them")
     if len(dropouts) > 1:
         raise ConfigError(f"method {method.name!r}.dropout: the modifications use dropouts {sorted(dropouts)}; a peft "
                           "LoRA adapter has one lora_dropout")
@@ -119,7 +161,8 @@ def save_peft(attachment: Attachment, directory: str | os.PathLike) -> Path:
     config = {
         "peft_type": "LORA", "task_type": None, "inference_mode": True,
         "base_model_name_or_path": getattr(attachment.model.config, "name_or_path", None) or None,
-        "r": r, "lora_alpha": alpha, "lora_dropout": dropouts.pop(), "bias": "none", "fan_in_fan_out": False,
+        "r": r, "lora_alpha": alpha, "lora_dropout": dropouts.pop(), "bias": "none",
+        "fan_in_fan_out": conv1d.pop(),  # GPT-2's Conv1D stores its weight (in, out)
         "use_rslora": False, "use_dora": False, "init_lora_weights": True,
         "target_modules": sorted(ranks), "modules_to_save": heads or None,
         # peft reads pattern keys as regular expressions anchored at a module-name boundary
@@ -171,28 +214,35 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> Attachment:
     except (SafetensorError, OSError, ValueError) as err:
         raise ConfigError(f"{weights}: not a readable safetensors file ({' '.join(str(err).split())})") from None
 
-    where = {name: key for key, name in _projections(model).items()}
+    where = _projections(model)
     lora = {k.removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")}
     buffers = {n for n, _ in model.named_buffers()}  # modules_to_save may carry a head's buffers: loaded, not checked
     head = {k: v for k, v in state.items() if ".lora_" not in k and k not in buffers}
     head_buffers = {k: v for k, v in state.items() if k in buffers}
-    groups: dict[tuple[str, int, float], dict[str, set[int]]] = {}
+    pieces: dict[tuple[str, str, int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (position, target, layer, module)
+    groups: dict[tuple[str, int, float], dict[str, set]] = {}
     for name in sorted(lora):
         if name not in where:
             raise ConfigError(f"{weights}: {name} is not a projection unipeft adapts on {type(model).__name__} "
                               "(q, k, v, o, fc1, fc2 of the mapped layers)")
-        position, target, layer = where[name]
-        rank = state[f"{name}.lora_A.weight"].shape[0]
+        if config.get("fan_in_fan_out") and isinstance(model.get_submodule(name), nn.Linear):
+            raise ConfigError(f"{path}: fan_in_fan_out is set but {name} is an nn.Linear; unipeft has no equivalent")
+        down, up = state[f"{name}.lora_A.weight"], state.get(f"{name}.lora_B.weight")
+        if up is None:
+            raise ConfigError(f"{weights}: {name}.lora_B.weight is missing")
         alpha = _pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", 8))
-        scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        groups.setdefault((position, rank, scale), {}).setdefault(target, set()).add(layer)
+        scale = alpha / (math.sqrt(down.shape[0]) if config.get("use_rslora") else down.shape[0])
+        for projection, (a, b) in _split_fused(where[name], down, up):
+            pieces[(projection.position, projection.target, projection.layer, name)] = a, b
+            groups.setdefault((projection.position, a.shape[0], scale), {}).setdefault(projection.target, set()).add(
+                (projection.layer, projection.member))
     modifications = []
     for (position, rank, scale), per_target in sorted(groups.items(), key=lambda g: (POSITIONS.index(g[0][0]), g[0])):
         for target, layers in per_target.items():
-            count = sum(1 for (p, t, _) in where.values() if (p, t) == (position, target))
+            count = sum(1 for ps in where.values() for p in ps if (p.position, p.target) == (position, target))
             if len(layers) != count:
                 raise ConfigError(f"{weights}: adapts {len(layers)} of the {count} {target} {position!r} projections; "
-                                  "unipeft adapts every layer of a stack")
+                                  "unipeft adapts every layer of a stack (on a gated FFN, fc1 is gate and up)")
         try:
             modifications.append(Modification(
                 position=position, size=rank, function="identity", insertion="parallel",
@@ -207,12 +257,15 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> Attachment:
     attachment = attach(model, method)
     try:
         ours = dict(head)
-        for _, site, name, key in _lora_sites(attachment, "a peft LoRA adapter"):
-            ours[f"{key}.delta.down.weight"] = state.pop(f"{name}.lora_A.weight")
-            ours[f"{key}.delta.up.weight"] = state.pop(f"{name}.lora_B.weight", None)
+        names = {id(module): name for name, module in model.named_modules()}
+        for _, mod, target, layer, site, module in attachment.projection_sites():
+            key = names[id(site)]
+            down, up = pieces[(mod.position, target, layer, names[id(module)])]
+            ours[f"{key}.delta.down.weight"], ours[f"{key}.delta.up.weight"] = down, up
         from .checkpoint import _mismatch
-        problems = _mismatch({k: v for k, v in ours.items() if v is not None}, attachment.state_dict(fold=False))
-        problems += [f"unexpected {k}" for k in state if k not in head and k not in head_buffers]
+        problems = _mismatch(ours, attachment.state_dict(fold=False))
+        problems += [f"unexpected {k}" for k in state if k not in head and k not in head_buffers
+                     and k.rsplit(".lora_", 1)[0] not in lora]
         if problems:
             raise ConfigError(f"{weights}: does not match its {PEFT_CONFIG}: {problems[0]}"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -221,6 +274,23 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> Attachment:
         attachment.detach()
         raise
     return attachment
+
+
+def _split_fused(projections: list[_Projection], down: torch.Tensor, up: torch.Tensor):
+    """A peft LoRA (A, B) on one module as the (A, B) of each projection it holds. A fused c_attn holds q, k and v:
+    a rank component whose column of B is non-zero in one third only belongs to that projection (what save_peft
+    writes); if some component spans several thirds, or B is all zero, every projection gets all components (A
+    shared, so repeated): the sum x A^T B^T is the same either way."""
+    if len(projections) == 1 and projections[0].columns is None:
+        return [(projections[0], (down, up))]
+    used = torch.stack([up[p.columns].abs().sum(0) > 0 for p in projections])  # (projections, rank)
+    exclusive = used.any() and bool((used.sum(0) <= 1).all())
+    out = []
+    for p, mask in zip(projections, used):
+        keep = mask if exclusive else torch.ones_like(mask)
+        if keep.any():
+            out.append((p, (down[keep], up[p.columns][:, keep])))
+    return out
 
 
 @torch.no_grad()
