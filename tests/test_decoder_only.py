@@ -266,3 +266,10 @@ def test_shifted_prefix_moves_the_tokens_by_l_positions():
                 outputs["explicit"] = model(input_ids=ids, position_ids=torch.arange(3, 3 + ids.shape[1])[None]).logits
     torch.testing.assert_close(outputs[True], outputs["explicit"], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(outputs[True], outputs[False])
+
+
+@pytest.mark.parametrize("budget,key", [({"attn_bn": 10**9}, "size"), ({"ffn_bn": 10**12}, "size")])
+def test_a_budget_the_architecture_cannot_hold_is_refused_before_allocating(budget, key):
+    method = "mam"
+    with pytest.raises(unipeft.ConfigError, match=rf"modifications\[\d\]\.{key}: .* the architecture cannot hold"):
+        unipeft.attach(build("llama"), method, **budget)

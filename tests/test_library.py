@@ -12,7 +12,7 @@ import torch
 import unipeft
 from unipeft.attachment import attachment_of
 
-from conftest import SEQ2SEQ, batch, build, logits
+from conftest import GENERATIVE, batch, build, logits
 from test_methods import attach, perturb, sized
 
 # Every kind of hook: LoRA on projections, FFN/attention adapters, Pfeiffer, prompts, prefixes, MH PA, combinations.
@@ -27,26 +27,28 @@ def own(model):
 
 # 1. copies and pickles ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", HOOKED)
-def test_a_deep_copy_runs_and_trains_its_own_adapter(method):
-    model, attachment = attach(method, "bart")
+@pytest.mark.parametrize("arch", ["bart", "llama"])
+def test_a_deep_copy_runs_and_trains_its_own_adapter(method, arch):
+    model, attachment = attach(method, arch)
     perturb(attachment, own_only=True)
-    original = logits(model, batch("bart"))
+    original = logits(model, batch(arch))
     clone = copy.deepcopy(model)
-    torch.testing.assert_close(logits(clone, batch("bart")), original)
+    torch.testing.assert_close(logits(clone, batch(arch)), original)
     with torch.no_grad():
         for p in own(clone).values():
             p.add_(torch.randn_like(p))
-    assert not torch.allclose(logits(clone, batch("bart")), original), "the copy ignores its own adapter"
-    torch.testing.assert_close(logits(model, batch("bart")), original)
+    assert not torch.allclose(logits(clone, batch(arch)), original), "the copy ignores its own adapter"
+    torch.testing.assert_close(logits(model, batch(arch)), original)
     clone.train()
-    clone(**batch("bart")).loss.backward()
+    clone(**batch(arch)).loss.backward()
     assert all(p.grad is None for p in model.parameters()), "the copy's backward reached the original"
     assert all(p.grad is not None for p in own(clone).values())
     assert attachment_of(clone).model is clone and attachment_of(clone).container is clone.unipeft
 
 
 @pytest.mark.parametrize("method", HOOKED)
-def test_a_pickled_model_loads_with_equal_outputs_and_detaches(method, arch="bart"):
+@pytest.mark.parametrize("arch", ["bart", "llama"])
+def test_a_pickled_model_loads_with_equal_outputs_and_detaches(method, arch):
     model, attachment = attach(method, arch)
     perturb(attachment, own_only=True)
     buffer = io.BytesIO()
@@ -54,7 +56,7 @@ def test_a_pickled_model_loads_with_equal_outputs_and_detaches(method, arch="bar
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     torch.testing.assert_close(logits(loaded, batch(arch)), logits(model, batch(arch)))
-    if arch in SEQ2SEQ:
+    if arch in GENERATIVE:
         kwargs = dict(input_ids=batch(arch)["input_ids"], attention_mask=batch(arch)["attention_mask"],
                       num_beams=2, max_new_tokens=4)
         assert torch.equal(loaded.generate(**kwargs), model.generate(**kwargs))
@@ -79,22 +81,23 @@ def _data_parallel_replica(model):
 
 
 @pytest.mark.parametrize("method", ["lora", "adapter_pfeiffer", "prefix", "mh_pa", "mam", "prompt"])
-def test_a_data_parallel_replica_runs_and_trains_its_own_modules(method):
-    model, attachment = attach(method, "bart")
+@pytest.mark.parametrize("arch", ["bart", "llama"])
+def test_a_data_parallel_replica_runs_and_trains_its_own_modules(method, arch):
+    model, attachment = attach(method, arch)
     perturb(attachment, own_only=True)
-    original = logits(model, batch("bart"))
+    original = logits(model, batch(arch))
     replica, params = _data_parallel_replica(model)
     replica_own = {n: t for n, t in params.items() if n.startswith("unipeft.")}
     with torch.no_grad():
         for t in replica_own.values():
             t.add_(torch.randn_like(t))
-    twin = build("bart")
+    twin = build(arch)
     unipeft.attach(twin, method, **sized(method))
     twin.load_state_dict({**model.state_dict(), **{n: t.detach() for n, t in replica_own.items()}})
-    torch.testing.assert_close(logits(replica, batch("bart")), logits(twin, batch("bart")))
-    torch.testing.assert_close(logits(model, batch("bart")), original)
+    torch.testing.assert_close(logits(replica, batch(arch)), logits(twin, batch(arch)))
+    torch.testing.assert_close(logits(model, batch(arch)), original)
     replica.train()
-    replica(**batch("bart")).loss.backward()
+    replica(**batch(arch)).loss.backward()
     assert all(p.grad is None for p in model.parameters()), "the replica's backward reached the original"
     assert all(t.grad is not None for t in replica_own.values())
 
@@ -231,14 +234,14 @@ def test_disabled_runs_the_base_model_and_keeps_the_attachment(method, arch="bar
     adapted = logits(model, batch(arch))
     with attachment.disabled():
         torch.testing.assert_close(logits(model, batch(arch)), base)
-        if arch in SEQ2SEQ:
+        if arch in GENERATIVE:
             reference = build(arch).generate(input_ids=batch(arch)["input_ids"], max_new_tokens=4)
             assert torch.equal(model.generate(input_ids=batch(arch)["input_ids"], max_new_tokens=4), reference)
     torch.testing.assert_close(logits(model, batch(arch)), adapted)
     assert attachment_of(model) is attachment
 
 
-@pytest.mark.parametrize("arch", ["roberta", "t5", "bert2bert"])
+@pytest.mark.parametrize("arch", ["roberta", "t5", "bert2bert", "llama", "gpt2", "t5_gated"])
 def test_disabled_on_other_architectures(arch):
     for method in ("prompt", "mam", "adapter_pfeiffer"):
         test_disabled_runs_the_base_model_and_keeps_the_attachment(method, arch)

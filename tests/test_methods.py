@@ -295,15 +295,16 @@ def test_model_copy_after_attach_is_independent():
 # reentrant: layers run twice, the second time in backward, so prefix MLPs must not hold a graph across them
 @pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("method", ["mam", "prompt", "mh_pa", "adapter", "prefix", "prefix_lora_ffn", "lora"])
-def test_gradient_checkpointing_gives_the_same_gradients(method, reentrant):
+@pytest.mark.parametrize("arch", ["bart", "llama"])
+def test_gradient_checkpointing_gives_the_same_gradients(method, reentrant, arch):
     grads = []
     for checkpointing in (False, True):
-        model, attachment = attach(method, "bart")
+        model, attachment = attach(method, arch)
         if checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": reentrant})
         model.train()
         torch.manual_seed(5)
-        model(**batch("bart")).loss.backward()
+        model(**batch(arch)).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:

@@ -489,6 +489,8 @@ class Attachment:
         self.dropout = {side: _model_dropout(model, side) for side in _DROPOUT_KEYS}
         self.norm = _norm(model, self.arch)
         targets = [self._targets(i, m) for i, m in enumerate(method.modifications)]  # check all before changing any
+        for i, (mod, ts) in enumerate(zip(method.modifications, targets)):
+            self._check_size(i, mod, ts)
         trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
@@ -526,6 +528,18 @@ class Attachment:
                                   f"{self.model.config.model_type} has no {target!r} sublayer for position "
                                   f"{mod.position!r} (it has: {', '.join(available)})")
         return mod.targets or available
+
+    def _check_size(self, index: int, mod: Modification, targets: tuple[str, ...]) -> None:
+        """A budget the model cannot hold is refused before anything is allocated: more than 4× the base model's
+        parameters (full fine-tuning trains 1×) is a typo, not a method."""
+        d = self.model.get_input_embeddings().embedding_dim
+        layers = sum(len(get(self.base, self.arch.stacks[_stack(t)])) for t in targets) if mod.position != \
+            "embeddings" else 1
+        estimate = mod.size * 2 * d * layers
+        if estimate > 4 * self.base_params:
+            raise ConfigError(f"method {self.method.name!r}.modifications[{index}].size: {mod.size:,} would give "
+                              f"about {estimate:,} parameters, more than 4× the base model's {self.base_params:,}; "
+                              "the architecture cannot hold it")
 
     def _note(self, module: nn.Module, text: str) -> None:
         annotation = module.__dict__.get("extra_repr")
