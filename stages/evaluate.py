@@ -5,7 +5,8 @@
 
 Summarization: beam search with evaluate.<profile>.<task>.generation, ROUGE-1/2/L/Lsum (rouge-score, stemming).
 Translation: beam search, sacreBLEU with its signature, and for Romanian targets the paper's normalised,
-tokenised BLEU beside it. Both against references decoded from the tokenized labels (cut to the evaluation
+tokenised BLEU beside it. A decoder-only model continues each left-padded prompt, and only its new tokens are
+scored (src/unipeft_bench/causal_lm.py). Both against references decoded from the tokenized labels (cut to the evaluation
 target length, as the official scripts), with the scores against the full reference texts in
 scores_untruncated. Classification: accuracy (MNLI: matched and, when present, mismatched).
 Writes metrics/<task>/<run>/seed<seed>.json (scores, the three parameter counts, training time, peak memory,
@@ -95,7 +96,7 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
     # The train stage's seed before the model: a task head that stayed frozen (train_head: false) is not in the
     # adapter, so it must be the same random initialisation again.
     set_seed(run.seed)
-    model = load_base_model(run, tokenizer, {})
+    model = load_base_model(run, tokenizer, {}, data_dir)
     try:
         attachment = unipeft.load(model, run.adapter_dir)
     except unipeft.ConfigError as err:

@@ -3,7 +3,9 @@
 
     python stages/tokenize_splits.py <task>
 
-Reads tokenize.<profile> from params.yaml: the tokenizer, max lengths and (offline) how many examples per split.
+Reads tokenize.<profile> from params.yaml: the tokenizer, max lengths and (offline) how many examples per split;
+with a `prompt` (a generation task for a decoder-only model) each example is one prompt → completion sequence
+(src/unipeft_bench/prompts.py), and prompt.json says so. A tokenizer without a pad token pads with its EOS.
 Writes data/tokenized/<task>/ and metrics/data/<task>_tokens.json, or nothing on an error: a data/<task>/*.jsonl
 line that is not a JSON record, a record without the task's fields or with a label outside its classes, an empty or
 missing split, or a `limit` that would leave a split empty is refused in one line naming the file or key.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from unipeft_bench import io
+from unipeft_bench import io, prompts
 from unipeft_bench.errors import DataError
 from unipeft_bench.models import offline_environment, resolve
 from unipeft_bench.tasks import SPLITS, check_records, task as get_task
@@ -51,6 +53,7 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     settings = io.need(params, f"tokenize.{profile}")
     options = io.need(settings, task_name, f"params.yaml tokenize.{profile}")
     limit = limits(options, f"tokenize.{profile}.{task_name}")
+    prompting = prompts.options(options, task.kind, f"tokenize.{profile}.{task_name}")
     tokenizer_name = settings["tokenizer"]
     tokenizer_name = tokenizer_name[task_name] if isinstance(tokenizer_name, dict) else tokenizer_name
     folder = root / "data" / task_name
@@ -68,19 +71,29 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_name), **options.get("tokenizer_kwargs", {}))
+    if tokenizer.pad_token is None:  # decoder-only tokenizers (Llama 3, GPT-2) have none
+        tokenizer.pad_token = tokenizer.eos_token
     datasets, report = {}, {}
     for split, records in prepared.items():
         if task.kind == "seq2seq":
             target = options["target"] if split == "train" else options.get("eval_target", options["target"])
-            encoded = encode_seq2seq(tokenizer, records, options["source"], target)
+            if prompting:
+                encoded, stats = prompts.encode(tokenizer, records, prompting, options["source"], target,
+                                                f"tokenize.{profile}.{task_name}")
+            else:
+                encoded = encode_seq2seq(tokenizer, records, options["source"], target)
         else:
             target, encoded = None, encode_classification(tokenizer, records, options["source"])
         datasets[split] = Dataset.from_dict(encoded)
-        report[split] = {"count": len(records), **token_stats(encoded, options["source"], target)}
+        if not prompting:
+            stats = token_stats(encoded, options["source"], target)
+        report[split] = {"count": len(records), **stats}
     with io.atomic_directory(root / "data" / "tokenized" / task_name) as staging:
         DatasetDict(datasets).save_to_disk(str(staging))
         tokenizer.save_pretrained(str(staging / "tokenizer"))
         io.write_json_atomic(staging / LENGTHS, lengths(task.kind, options))
+        if prompting:
+            io.write_json_atomic(staging / prompts.PROMPT_FILE, prompting)
     io.write_json_atomic(root / "metrics" / "data" / f"{task_name}_tokens.json", report)
     return report
 

@@ -4,9 +4,10 @@
     python stages/train.py experiment              # the top-level task/model/method/budget/seed (exp_train)
     accelerate launch stages/train.py ...          # several GPUs (or torchrun --nproc_per_node N); same script
 
-HF Trainer (Seq2SeqTrainer for generation tasks) with the library attached, the task's hyperparameters from
-train.<profile>.<task>, DVCLive through transformers' callback, checkpoint selection as the paper (ROUGE-2,
-loss, accuracy). Checkpoints go to checkpoints/<run>/ and an interrupted run resumes from the last one.
+HF Trainer (Seq2SeqTrainer for generation tasks on an encoder-decoder; on a decoder-only model, prompt →
+completion with the loss on the completion: src/unipeft_bench/causal_lm.py) with the library attached, the task's
+hyperparameters from train.<profile>.<task>, DVCLive through transformers' callback, checkpoint selection as the
+paper (ROUGE-2, loss, accuracy). Checkpoints go to checkpoints/<run>/ and an interrupted run resumes from the last one.
 Writes runs/<run>/ (adapter_model.safetensors, unipeft_config.json, training.json), or nothing on an error.
 """
 
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from unipeft_bench import io
+from unipeft_bench.causal_lm import completion_trainer, training_collator
 from unipeft_bench.errors import DataError
 from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
 from unipeft_bench.tasks import task as get_task
@@ -87,12 +89,13 @@ def train(run: Run, settings: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
     method = method_for(run, settings)
     set_seed(run.seed)  # before the model: a classification head starts from the run's seed (evaluate does the same)
-    model = load_base_model(run, tokenizer, settings)
+    model = load_base_model(run, tokenizer, settings, data_dir)
     try:
         attachment = unipeft.attach(model, method, **run.budget)
     except unipeft.ConfigError as err:
         raise DataError(str(err)) from None
     seq2seq = task.kind == "seq2seq"
+    causal = seq2seq and not model.config.is_encoder_decoder  # prompt → completion (load_base_model checked it)
     validation = shortest_first(data["validation"].select(range(min(settings["eval_examples"],
                                                                      len(data["validation"])))))
     columns = ["input_ids", "attention_mask", "labels"] + (["token_type_ids"] if "token_type_ids" in
@@ -100,12 +103,15 @@ def train(run: Run, settings: dict) -> dict:
     train_set = data["train"].select_columns(columns)
     sampler = token_sampler(run, settings, train_set, seq2seq)
     args = training_arguments(settings, run, seq2seq, len(data["train"]), sampler and len(sampler))
-    if seq2seq:
+    generation = {"validation_generation": settings.get("validation_generation", {})} if causal else {}
+    if causal:
+        collator, trainer_class = training_collator(tokenizer), completion_trainer(Trainer)
+    elif seq2seq:
         model.generation_config.update(**settings.get("validation_generation", {}))
-        collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+        collator, trainer_class = DataCollatorForSeq2Seq(tokenizer, model=model), Seq2SeqTrainer
     else:
-        collator = DataCollatorWithPadding(tokenizer)
-    trainer_class = resumable_trainer(Seq2SeqTrainer if seq2seq else Trainer)
+        collator, trainer_class = DataCollatorWithPadding(tokenizer), Trainer
+    trainer_class = resumable_trainer(trainer_class)
     if sampler is not None:
         from unipeft_bench.token_batching import token_batching_trainer
 
@@ -129,7 +135,7 @@ def train(run: Run, settings: dict) -> dict:
                                     callbacks=[*([DVCLiveCallback(live=live)] if main else []), clock,
                                                divergence_guard(), *stopping],
                                     compute_metrics=None if settings["select"] == "loss" else
-                                    compute_metrics_for(task.metric, tokenizer))
+                                    compute_metrics_for(task.metric, tokenizer), **generation)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             trainer.train(resume_from_checkpoint=resume_from)
@@ -148,7 +154,8 @@ def train(run: Run, settings: dict) -> dict:
               "batches": (f"at most {settings['max_tokens_per_batch']} tokens (padded), {len(sampler)} per epoch"
                           if sampler else f"{args.per_device_train_batch_size} examples")
                          + (f" in each of {args.world_size} processes" if args.world_size > 1 else ""),
-              "head_trained": _head_trained(attachment)}
+              "head_trained": _head_trained(attachment),
+              **({"inputs": "prompt → completion, the loss on the completion"} if causal else {})}
     if main:
         with io.atomic_directory(run.adapter_dir) as staging:
             attachment.save(staging)

@@ -118,3 +118,10 @@ def test_the_stage_takes_about_a_second_and_imports_no_torch(tmp_path):
     assert elapsed < 3, f"{elapsed:.1f} s"
     # the same whatever the params, so that a params change reruns only the stages that read the changed key
     assert json.loads((tmp_path / "validated/params.json").read_text()) == {"params.yaml": "valid"}
+
+
+def test_an_unknown_packaged_llm_is_refused_naming_the_key():
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["llm_backbone"]["model"] = "smollm3"
+    with pytest.raises(DataError, match="params.yaml llm_backbone.model: unknown packaged model 'smollm3'"):
+        validate(params)

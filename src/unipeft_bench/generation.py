@@ -1,4 +1,4 @@
-"""Batched generation of a seq2seq model over a tokenized split."""
+"""Batched generation of a seq2seq model (or a decoder-only one: causal_lm.py) over a tokenized split."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import torch
 
 @torch.no_grad()
 def generate(model, tokenizer, dataset, batch_size: int = 32, **generation) -> list[str]:
-    """Decoded predictions for every row of `dataset` (with input_ids), in order."""
+    """Decoded predictions for every row of `dataset` (with input_ids), in order; a decoder-only model's completions
+of the rows' prompts (causal_lm.generate)."""
+    if not model.config.is_encoder_decoder:
+        from .causal_lm import generate as generate_completions
+
+        return generate_completions(model, tokenizer, dataset, batch_size, **generation)
     model.eval()
     out = []
     for start in range(0, len(dataset), batch_size):

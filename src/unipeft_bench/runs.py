@@ -228,8 +228,10 @@ def configured(config, overrides: dict, where: str):
     configs = [c for c in (config, getattr(config, "encoder", None), getattr(config, "decoder", None)) if c is not None]
     for key, value in overrides.items():
         owners = [c for c in configs if hasattr(c, key)]
-        if not owners:
-            raise DataError(f"params.yaml {where}.{key}: not a setting of {type(config).__name__}")
+        if not owners:  # e.g. BERT's dropout keys on a Llama, whose dropout is attention_dropout only
+            dropouts = sorted({k for c in configs for k in vars(c) if "dropout" in k or k.endswith("pdrop")})
+            raise DataError(f"params.yaml {where}.{key}: not a setting of {type(config).__name__}"
+                            + (f" (its dropout settings: {', '.join(dropouts)})" if dropouts else ""))
         for owner in owners:
             setattr(owner, key, value)
     return config
@@ -243,10 +245,14 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def load_base_model(run: Run, tokenizer, settings: dict):
-    """The pretrained model for the run's task, with a fresh classification head where the task needs one."""
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+def load_base_model(run: Run, tokenizer, settings: dict, data_dir: Path):
+    """The pretrained model for the run's task, with a fresh classification head where the task needs one: an
+    encoder-decoder, or a decoder-only causal LM (generation tasks on prompt → completion data from `data_dir`;
+    classifiers reading the last real token)."""
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification)
 
+    from .causal_lm import check_data_for_model, is_decoder_only, prepare_model
     from .models import resolve as resolve_model
 
     task = get_task(run.task)
@@ -255,7 +261,14 @@ def load_base_model(run: Run, tokenizer, settings: dict):
                         f"train.{run.profile}.{run.task}.model_config")
     if task.kind == "classification":
         config.num_labels = task.num_labels
-        return AutoModelForSequenceClassification.from_pretrained(name, config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
+        if is_decoder_only(config):
+            prepare_model(model, tokenizer, name, data_dir)
+        return model
+    if check_data_for_model(data_dir, run.model, config, task.kind, f"tokenize.{run.profile}.{run.task}"):
+        model = AutoModelForCausalLM.from_pretrained(name, config=config)
+        prepare_model(model, tokenizer, name, data_dir)
+        return model
     model = AutoModelForSeq2SeqLM.from_pretrained(name, config=config)
     target_language = getattr(tokenizer, "tgt_lang", None)
     if target_language and model.config.model_type == "mbart":

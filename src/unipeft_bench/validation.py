@@ -7,8 +7,12 @@ refusal is one line naming the key. Fast: the library's presets import no torch.
 
 from __future__ import annotations
 
-from . import io, runs
+import json
+from pathlib import Path
+
+from . import io, prompts, runs
 from .errors import DataError
+from .gguf_backbone import GGUF_MODELS
 from .models import PACKAGED
 from .tasks import TASKS, task as get_task
 from .training import check_settings, resolved_settings
@@ -35,7 +39,43 @@ def _check_model(name, key: str, profile: str) -> None:
                         f"expected a local directory or one of {', '.join(PACKAGED)}")
 
 
-def _check_task(params: dict, profile: str, name: str) -> None:
+def _encoder_decoder(name: str) -> bool | None:
+    """Whether a local model directory holds an encoder-decoder, read from its config.json without transformers (a
+    generation model that is not one is decoder-only); None where that cannot be told yet (a Hub name, a model
+    that a stage has still to build)."""
+    config = Path(name) / "config.json"
+    if not name.startswith(("models/", "./", "../", "/")) or not config.is_file():
+        return None
+    try:
+        return bool(json.loads(config.read_text()).get("is_encoder_decoder", False))
+    except (OSError, ValueError):
+        raise DataError(f"{config}: not a readable JSON model configuration") from None
+
+
+def _check_prompt(params: dict, profile: str, name: str, model_keys: list[str]) -> None:
+    """tokenize.<profile>.<task>.prompt / .chat_template, and, for the models that can be read here, that a
+    decoder-only model's generation task has a prompt and an encoder-decoder's has none (both share the task's
+    one tokenization)."""
+    where = f"tokenize.{profile}.{name}"
+    options = io.need(params, where)
+    if not isinstance(options, dict):
+        raise DataError(f"params.yaml {where}: expected a mapping")
+    prompted = prompts.options(options, get_task(name).kind, where) is not None
+    if get_task(name).kind != "seq2seq":
+        return
+    for key in model_keys:
+        model = io.need(params, key)
+        encoder_decoder = _encoder_decoder(model)
+        if encoder_decoder is False and not prompted:
+            raise DataError(f"params.yaml {where}.prompt: missing, but {key} ({model}) is a decoder-only model, "
+                            "whose generation tasks are prompt → completion; add a template with {source}")
+        if encoder_decoder and prompted:
+            raise DataError(f"params.yaml {where}.prompt: set, but {key} ({model}) is an encoder-decoder, which "
+                            "reads the source as it is; remove the prompt")
+
+
+def _check_task(params: dict, profile: str, name: str, model_keys: list[str]) -> None:
+    _check_prompt(params, profile, name, model_keys)
     if profile == "offline":
         for key in DATA_KEYS[name]:
             io.need(params, f"data.{name}.{key}")
@@ -83,11 +123,17 @@ def validate(params: dict) -> dict:
                 raise DataError(f"params.yaml grid.{group}: {task!r} is a {TASKS[task].kind} task, "
                                 f"not a {group} one")
             grid_tasks.append(task)
+    llm = io.need(params, "llm_backbone.model")
+    if llm not in GGUF_MODELS:
+        raise DataError(f"params.yaml llm_backbone.model: unknown packaged model {llm!r}; known: "
+                        f"{', '.join(GGUF_MODELS)}")
     model = io.need(params, "model")
     if model != "auto":
         _check_model(model, "model", profile)
     for task in dict.fromkeys([name, *grid_tasks]):
-        _check_task(params, profile, task)
+        experiment_model = ["model"] if task == name and model != "auto" else []
+        grid_model = [f"models.{profile}.{task}"] if task in grid_tasks or not experiment_model else []
+        _check_task(params, profile, task, grid_model + experiment_model)
     _check_run(params, *runs.resolve(params, [runs.EXPERIMENT]))
     for task in grid_tasks:
         for run in grid_runs:
