@@ -91,20 +91,19 @@ def _attend(query, key, value, mask, scaling, dropout, training, bias):
 def unipeft_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     slots = [s for s in module.__dict__.get("_unipeft_prefixes", ()) if s.vectors.enabled]
     prefixes = [s for s in slots if s.function == "softmax"]
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if prefixes:
-        output, _ = _prefixed_attention(module, prefixes, query, key, value, attention_mask, dropout, scaling, kwargs)
+        output, _ = _prefixed_attention(module, prefixes, query, key, value, attention_mask, dropout, scale, kwargs)
     else:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                            scaling=scaling, **kwargs)
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     for slot in slots:  # the multi-head PA: h + Δh per head, before W_o
         if slot.function != "softmax":
-            output = output + slot.multi_head_delta(query, scaling, module.training).transpose(1, 2)
+            output = output + slot.multi_head_delta(query, scale, module.training).transpose(1, 2)
     return output, None
 
 
 def _prefixed_attention(module, slots, query, key, value, attention_mask, dropout, scaling, kwargs):
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     kwargs.pop("is_causal", None)  # the prefix columns make the mask explicit
     bias = kwargs.pop("position_bias", None)  # T5's relative position bias; prefixes have no position
     mask = _explicit_mask(module, attention_mask, query, key)

@@ -139,9 +139,11 @@ def save_peft(attachment: Attachment, directory: str | os.PathLike) -> Path:
         by_module.setdefault(name, []).append((mod, site))
     state, ranks, alphas, dropouts, conv1d = {}, {}, {}, set(), set()
     for name, parts in by_module.items():
-        (mod, site), = parts if parts[0][1].columns is None else [(None, None)]
-        down, up, scale = ((site.delta.down.weight, site.delta.up.weight, mod.scale) if site is not None
-                           else _fused_lora(method, name, parts))
+        if parts[0][1].columns is None:  # one projection, one LoRA
+            (mod, site), = parts
+            down, up, scale = site.delta.down.weight, site.delta.up.weight, mod.scale
+        else:
+            down, up, scale = _fused_lora(method, name, parts)
         state[f"{_PREFIX}{name}.lora_A.weight"], state[f"{_PREFIX}{name}.lora_B.weight"] = down, up
         ranks[name] = down.shape[0]
         alphas[name] = float(scale) * ranks[name]  # peft's scaling is lora_alpha / r
