@@ -8,6 +8,10 @@ predictions/<task>/<run>/seed<seed>.jsonl and the references in data/tokenized/<
 (the difference with its 95% interval from a bootstrap over seeds and examples, and per seed), and findings.json,
 the same numbers as DVC metrics. A claim whose runs or tasks the grid lacks is "not run in this grid", with what it needs.
 
+Each task a claim is tested on is first checked as a stand-in: full fine-tuning against the task's trivial baseline
+(src/unipeft_bench/baselines.py); a task where it does not clearly win carries no claim (its comparisons are
+inconclusive, and the claims say why).
+
 Everything is read and computed before anything is written: a missing or stale file gives one line,
 `error: <file>: ...`, exit status 1, and no output.
 """
@@ -47,7 +51,18 @@ def comparison_row(number: int, claim: findings.Claim, c: findings.Comparison, r
     return row
 
 
-def markdown(grid: aggregation.Grid, checked: list[findings.Checked]) -> str:
+def stand_in_rows(grid: aggregation.Grid, stand_ins: dict[str, findings.StandIn]) -> list[list[str]]:
+    rows = [["Task", "Baseline", "full − baseline", "95% interval", "Carries claims"]]
+    for task, s in stand_ins.items():
+        if s.effect is None:
+            rows.append([task, s.baseline, "", "", "not checked: the grid has no `full` run"])
+        else:
+            rows.append([task, s.baseline, signed(s.effect.difference),
+                         f"[{signed(s.effect.low)}, {signed(s.effect.high)}]", "yes" if s.carries else "no"])
+    return rows
+
+
+def markdown(grid: aggregation.Grid, checked: list[findings.Checked], stand_ins: dict[str, findings.StandIn]) -> str:
     real = grid.profile == "real"
     verdicts = [c.verdict for c in checked]
     claims = [["#", "Claim", "Paper", "Verdict", "Evidence", "Note"]] + [
@@ -66,12 +81,17 @@ def markdown(grid: aggregation.Grid, checked: list[findings.Checked]) -> str:
         "contradicted when entirely below, and is inconclusive otherwise; a claim holds when every comparison "
         "holds and is contradicted by any contradicted one.",
         "Paper: its primary score for both runs (src/unipeft_bench/paper_results.yaml), where it prints them."
-        if real else "Offline profile: stand-in data and a small backbone, so the paper's numbers are not shown.",
-        f"Claims: src/unipeft_bench/findings.yaml; grid `{grid.name}`; the claims' own grid: "
-        "`dvc exp run -S grid=evidence aggregate findings`."]
+        if real else "Offline profile: stand-in data and small models, so the paper's numbers are not shown.",
+        f"Claims: src/unipeft_bench/findings.yaml; grid `{grid.name}`; the claims' own grids: "
+        "`dvc exp run -S grid=evidence aggregate findings` (sentiment) and `-S grid=evidence_generation` "
+        "(summarization)."]
     summary = ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS if v in verdicts)
+    stand_in = (f"## Stand-ins\n\nA task carries claims when full fine-tuning beats its trivial baseline by more "
+                f"than {findings.STAND_IN_MARGIN:g} point (the interval's low end; same bootstrap, the baseline the "
+                f"same for every seed); otherwise its comparisons are inconclusive.\n\n"
+                f"{table(stand_in_rows(grid, stand_ins))}\n\n" if stand_ins else "")
     return (f"# The paper's findings, checked (grid `{grid.name}`)\n\n{len(checked)} claims: {summary}.\n\n"
-            f"{table(claims)}\n\n## Comparisons\n\n"
+            f"{table(claims)}\n\n{stand_in}## Comparisons\n\n"
             f"{table(comparisons) if len(comparisons) > 1 else NONE_RAN}\n\n"
             + "".join(f"- {n}\n" for n in notes))
 
@@ -82,11 +102,14 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), "|" + "|".join("---" for _ in rows[0]) + "|"] + [line(r) for r in rows[1:]])
 
 
-def metrics(grid: aggregation.Grid, checked: list[findings.Checked]) -> dict:
+def metrics(grid: aggregation.Grid, checked: list[findings.Checked], stand_ins: dict[str, findings.StandIn]) -> dict:
     """DVC metrics: verdicts and numbers per claim and comparison (no lists: `dvc metrics` drops them)."""
     verdicts = [c.verdict for c in checked]
     return {"grid": grid.name, "profile": grid.profile, "resamples": findings.RESAMPLES,
             "counts": {v.replace(" ", "_"): verdicts.count(v) for v in VERDICTS},
+            "stand_ins": {task: {"baseline": s.baseline, "carries": s.carries, **({} if s.effect is None else {
+                "difference": round(s.effect.difference, 4), "low": round(s.effect.low, 4),
+                "high": round(s.effect.high, 4)})} for task, s in stand_ins.items()},
             "claims": {c.claim.id: {"verdict": c.verdict, **(
                 {"needs": c.needs} if c.needs else {}), **(
                 {"untestable": c.why_untested} if c.why_untested else {}), "comparisons": {
@@ -99,9 +122,9 @@ def metrics(grid: aggregation.Grid, checked: list[findings.Checked]) -> dict:
 
 
 def build(params: dict, root: Path = Path(".")) -> tuple[dict[Path, str], list[str]]:
-    grid, checked = findings.check(params, root)
-    outputs = {root / grid.results / "findings.md": markdown(grid, checked),
-               root / grid.results / "findings.json": json.dumps(metrics(grid, checked), indent=2,
+    grid, checked, stand_ins = findings.check(params, root)
+    outputs = {root / grid.results / "findings.md": markdown(grid, checked, stand_ins),
+               root / grid.results / "findings.json": json.dumps(metrics(grid, checked, stand_ins), indent=2,
                                                                  ensure_ascii=False) + "\n"}
     return outputs, [f"{c.claim.id}: {c.verdict}" for c in checked]
 

@@ -151,7 +151,7 @@ def test_plots_have_one_point_per_run_and_a_png(tmp_path, monkeypatch):
     assert run_stage(tmp_path, monkeypatch) == 0
 
     data = pd.read_csv(tmp_path / "results/plots/summarization.csv")
-    assert list(data.columns) == ["method", "run", "params_percent", "score", "score_low", "score_high"]
+    assert list(data.columns) == ["method", "run", "label", "params_percent", "score", "score_low", "score_high"]
     assert list(data["run"]) == runs and list(data["method"]) == ["full", "lora", "lora", "prefix"]
     assert list(data["params_percent"]) == [PERCENT[run] for run in runs]
     expected = [statistics.mean(made_up("summarization", run, seed, "rouge2") for seed in seeds) for run in runs]
@@ -165,6 +165,76 @@ def test_plots_have_one_point_per_run_and_a_png(tmp_path, monkeypatch):
         [statistics.median(made_up("sentiment", run, seed, "accuracy") for seed in seeds) for run in runs])
     for task in ("summarization", "sentiment"):
         assert (tmp_path / f"results/plots/{task}.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def save_tokenized(root, task: str, splits: dict) -> None:
+    """data/tokenized/<task> as the tokenize stage writes it: generation splits with a word-level tokenizer whose
+    decoded labels are the targets."""
+    from datasets import Dataset, DatasetDict
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = root / "data/tokenized" / task
+    if task in ("nli", "sentiment"):
+        DatasetDict({name: Dataset.from_dict({"id": [f"{name}{i}" for i in range(len(labels))], "labels": labels})
+                     for name, labels in splits.items()}).save_to_disk(str(folder))
+        return
+    words = sorted({w for rows in splits.values() for row in rows for text in row for w in text.split()})
+    backend = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}},
+                                         unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+    DatasetDict({name: Dataset.from_dict({"id": [f"{name}{i}" for i in range(len(rows))],
+                                          "source": [source for source, _ in rows],
+                                          "labels": [tokenizer(target)["input_ids"] for _, target in rows]})
+                 for name, rows in splits.items()}).save_to_disk(str(folder))
+    tokenizer.save_pretrained(str(folder / "tokenizer"))
+
+
+def test_the_trivial_baselines_row_comes_first_and_is_a_dotted_line(tmp_path, monkeypatch):
+    runs = ["full", "lora"]
+    write_workspace(tmp_path, runs, [1, 2], generation=["summarization", "translation"],
+                    classification=["sentiment"])
+    documents = [("the cat sat on the mat. it was warm there.", "a cat sat on a mat"),
+                 ("dogs bark at night. cats do not.", "dogs bark at night")]
+    save_tokenized(tmp_path, "summarization", {"test": documents})
+    save_tokenized(tmp_path, "translation", {"test": [("hola amigo", "hola amigo"), ("buenos dias", "good day")]})
+    save_tokenized(tmp_path, "sentiment", {"train": [1, 0, 1, 1, 0], "test": [0, 1, 1, 0]})  # majority: 1
+    assert run_stage(tmp_path, monkeypatch) == 0
+
+    from unipeft_bench import metrics
+
+    generation = markdown_rows(tmp_path / "results/tables/generation.md")
+    assert [row["Method"] for row in generation] == ["Trivial baseline (first sentence / source copied)",
+                                                     "Full fine-tuning", "LoRA (r=8, s=2)"]
+    rouge = metrics.rouge(["the cat sat on the mat.", "dogs bark at night."], ["a cat sat on a mat",
+                                                                               "dogs bark at night"])
+    assert [generation[0][f"summarization {key}"] for key in ("R-1", "R-2", "R-L")] == [
+        f"{rouge[key]:.2f}" for key in ("rouge1", "rouge2", "rougeLsum")]
+    bleu = metrics.bleu(["hola amigo", "buenos dias"], ["hola amigo", "good day"])["bleu"]
+    assert generation[0]["translation BLEU"] == f"{bleu:.2f}" and generation[0]["#params"] == "0%"
+    classification = markdown_rows(tmp_path / "results/tables/classification.md")
+    assert classification[0]["Method"] == "Trivial baseline (majority class)"
+    assert classification[0]["sentiment"] == "50.00"  # label 1 on 2 of 4
+    assert classification[0]["sentiment 95% CI"] == ""  # one value: no interval
+    plotted = pd.read_csv(tmp_path / "results/plots/sentiment.csv")
+    assert list(plotted["run"]) == ["baseline", *runs] and plotted["score"][0] == 50.0
+    notes = (tmp_path / "results/tables/classification.md").read_text()
+    assert "Trivial baseline: sentiment, the majority class" in notes
+
+
+def test_without_tokenized_data_the_tables_say_there_is_no_baseline(tmp_path, monkeypatch):
+    write_workspace(tmp_path, ["full"], [1], classification=["sentiment"])
+    assert run_stage(tmp_path, monkeypatch) == 0
+    assert [row["Method"] for row in markdown_rows(tmp_path / "results/tables/classification.md")] == \
+        ["Full fine-tuning"]
+    assert "No trivial baseline" in (tmp_path / "results/tables/classification.md").read_text()
+
+
+def test_the_majority_label_breaks_ties_by_the_smallest_label():
+    from unipeft_bench.baselines import majority_label
+
+    assert majority_label([2, 1, 2, 1, 0]) == 1 and majority_label([3, 3, 0]) == 3
 
 
 def test_labels_and_percentages_read_like_the_paper():
@@ -285,7 +355,7 @@ def test_a_figure_grid_plots_the_papers_points_beside_ours_in_the_real_profile(t
     assert run_stage(tmp_path, monkeypatch) == 0
 
     data = pd.read_csv(tmp_path / "results/figure4/plots/summarization.csv")
-    assert list(data.columns) == ["method", "run", "params_percent", "score", "score_low", "score_high",
+    assert list(data.columns) == ["method", "run", "label", "params_percent", "score", "score_low", "score_high",
                                   "paper_params_percent", "paper_score"]
     prefix = data.set_index("run").loc[["prefix-1", "prefix-30", "prefix-200", "prefix-512"]]
     assert list(prefix["paper_score"]) == [18.14, 20.01, 20.46, 20.40]  # Figure 4's prefix curve, XSum R-2
@@ -299,7 +369,7 @@ def test_a_figure_grid_plots_the_papers_points_beside_ours_in_the_real_profile(t
     write_grid_workspace(offline, "figure4")
     assert run_stage(offline, monkeypatch) == 0
     assert list(pd.read_csv(offline / "results/figure4/plots/translation.csv").columns) == [
-        "method", "run", "params_percent", "score", "score_low", "score_high"]  # no paper points offline
+        "method", "run", "label", "params_percent", "score", "score_low", "score_high"]  # no paper points offline
 
 
 def test_grid_results_must_stay_inside_the_project(tmp_path, monkeypatch, capsys):

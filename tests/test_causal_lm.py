@@ -347,6 +347,8 @@ def test_the_validate_stage_refuses_bad_prompts_and_a_model_of_the_other_kind(tm
     save_model(tmp_path / "models" / "llama")
     params = composed()
     summarization = params["tokenize"]["offline"]["summarization"]
+    del summarization["prompt"]  # a seq2seq setting: the model a directory not built here
+    params["models"]["offline"]["summarization"] = "models/seq2seq"
 
     def refusal(change) -> str:
         changed = copy.deepcopy(params)
@@ -368,9 +370,9 @@ def test_the_validate_stage_refuses_bad_prompts_and_a_model_of_the_other_kind(tm
     params.update(task="summarization", model="models/llama")
     params["models"]["offline"]["summarization"] = "models/llama"
     validate(params)  # a decoder-only model in the grid and in the experiment
-    (tmp_path / "models/backbone").mkdir()
-    (tmp_path / "models/backbone/config.json").write_text('{"is_encoder_decoder": true}')
-    params["models"]["offline"]["summarization"] = "models/backbone"
+    (tmp_path / "models/seq2seq").mkdir()
+    (tmp_path / "models/seq2seq/config.json").write_text('{"is_encoder_decoder": true}')
+    params["models"]["offline"]["summarization"] = "models/seq2seq"
     with pytest.raises(DataError, match=r"^params.yaml tokenize.offline.summarization.prompt: set, but "
-                                        r"models.offline.summarization \(models/backbone\) is an encoder-decoder"):
+                                        r"models.offline.summarization \(models/seq2seq\) is an encoder-decoder"):
         validate(params)

@@ -1,5 +1,5 @@
 """The data side: offline readers, leak-free deterministic splits, the real (Hub) code path on local copies,
-tokenization, text infilling, and one-line errors that leave no partial output."""
+tokenization, and one-line errors that leave no partial output."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import data_fixtures as fx
 from unipeft_bench import offline
-from unipeft_bench.denoising import InfillingCollator, infill
 from unipeft_bench.errors import DataError
 from unipeft_bench.models import resolve
 from unipeft_bench.tasks import SPLITS, TASKS
@@ -141,17 +139,6 @@ def test_missing_params_key_is_named(project):
         prepare("sentiment", params, project)
 
 
-def test_infilling_masks_about_the_ratio_in_spans():
-    rng = np.random.default_rng(0)
-    tokens = list(range(100, 300))
-    out = infill(tokens, mask_id=1, rng=rng, ratio=0.3)
-    kept = [t for t in out if t != 1]
-    assert kept == sorted(kept) and set(kept) <= set(tokens)  # order kept, nothing invented
-    assert 0.25 <= 1 - len(kept) / len(tokens) <= 0.45
-    assert all(not (a == 1 and b == 1) for a, b in zip(out, out[1:]))  # one mask per span
-    assert out == infill(tokens, 1, np.random.default_rng(0), 0.3)
-
-
 def test_tokenize_writes_arrow_datasets_with_decoder_targets(project):
     from datasets import load_from_disk
     from transformers import AutoTokenizer
@@ -166,17 +153,6 @@ def test_tokenize_writes_arrow_datasets_with_decoder_targets(project):
     assert max(map(len, data["train"]["input_ids"])) <= 24 and max(map(len, data["train"]["labels"])) <= 8
     assert data["train"][0]["labels"][0] != tokenizer.cls_token_id  # [CLS] is the decoder start, not a target
     assert report["train"]["input_ids"]["truncated"] == 1.0  # fixture documents are longer than 24 tokens
-
-
-def test_collator_builds_corrupted_sources_and_original_targets():
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm"))
-    batch = InfillingCollator(tokenizer, 32, 0, 0.3, 3.0)([{"text": "the quick brown fox jumps over the lazy dog "
-                                                                      "and runs far away into the forest"}])
-    assert tokenizer.mask_token_id in batch["input_ids"][0].tolist()
-    target = [t for t in batch["labels"][0].tolist() if t != -100]
-    assert tokenizer.decode(target[:-1]).startswith("the quick brown fox") and target[-1] == tokenizer.sep_token_id
 
 
 def test_stage_command_reports_one_line_and_exit_status(tmp_path):

@@ -140,22 +140,24 @@ def test_every_claim_names_runs_of_the_evidence_grid():
 
 
 @pytest.mark.parametrize("profile", ["offline", "real"])
-def test_the_evidence_grid_runs_every_claim(profile):
-    """Composed as `dvc exp run -S grid=evidence` would: every claim has its runs and a task, or says why the
-    profile cannot test it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+def test_the_evidence_grids_run_every_claim(profile):
+    """Composed as `dvc exp run -S grid=evidence` (and evidence_generation) would: every claim is tested in one of
+    the two grids, and a grid that has a claim's task has all its runs."""
+    from test_grids import composed
 
     from unipeft_bench import aggregation
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        params = OmegaConf.to_container(compose("config", overrides=["grid=evidence", f"profile={profile}"]),
-                                        resolve=True)
-    grid = aggregation.read_grid(params)
-    assert len(grid.seeds) == 3
+    grids = [aggregation.read_grid(composed(f"grid={name}", f"profile={profile}"))
+             for name in ("evidence", "evidence_generation")]
+    assert [len(grid.seeds) for grid in grids] == ([3, 2] if profile == "offline" else [3, 3])
     for claim in findings.load_claims():
-        assert bool(claim.task_names(grid)) != (profile in claim.untestable), claim.id
-        assert set(claim.runs) <= set(grid.runs), claim.id
+        testing = [grid for grid in grids if claim.task_names(grid)]
+        assert testing, f"{claim.id}: no evidence grid has its task"
+        for grid in testing:
+            assert set(claim.runs) <= set(grid.runs), (claim.id, grid.name)
+    generation = next(grid for grid in grids if grid.name == "evidence_generation")
+    tested = [c.id for c in findings.load_claims() if c.task_names(generation)]
+    assert "classification_close_to_full" not in tested and len(tested) == 9  # every generation claim
 
 
 def test_a_malformed_claim_is_a_one_line_error(tmp_path):
@@ -179,8 +181,9 @@ SEEDS = [42, 2]
 
 
 def summaries(run: str, seed: int) -> list[str]:
-    """pa-200 writes the references; sa_ffn-200 and pa_attn-200 garbled text; sa_attn-200 mostly the references."""
-    if run == "pa-200" or (run == "sa_attn-200" and seed == 42):
+    """full and pa-200 write the references; sa_ffn-200 and pa_attn-200 garbled text; sa_attn-200 mostly the
+    references."""
+    if run in ("full", "pa-200") or (run == "sa_attn-200" and seed == 42):
         return SUMMARIES
     if run == "sa_attn-200":
         return SUMMARIES[:20] + GARBLED[20:]
@@ -208,17 +211,20 @@ def save_tokenized(root: Path) -> None:
     longest = max(map(len, ids))
     labels = [row + [-100] * (longest - len(row)) for row in ids]  # -100 pads labels, as the tokenize stage's
     summarization = root / "data/tokenized/summarization"
-    test = Dataset.from_dict({"id": [f"s{i}" for i in range(len(ids))], "labels": labels})
+    # documents that open with a garbled sentence: the first-sentence baseline scores far below full fine-tuning
+    sources = [f"{garbled}. {summary}." for garbled, summary in zip(GARBLED, SUMMARIES)]
+    test = Dataset.from_dict({"id": [f"s{i}" for i in range(len(ids))], "labels": labels, "source": sources})
     DatasetDict({"test": test}).save_to_disk(str(summarization))
     tokenizer.save_pretrained(str(summarization / "tokenizer"))
-    DatasetDict({"test": Dataset.from_dict({"id": [f"r{i}" for i in range(40)], "labels": SENTIMENT_LABELS})}
+    DatasetDict({"train": Dataset.from_dict({"id": ["t0", "t1", "t2"], "labels": [1, 1, 0]}),  # majority: 1
+                 "test": Dataset.from_dict({"id": [f"r{i}" for i in range(40)], "labels": SENTIMENT_LABELS})}
                 ).save_to_disk(str(root / "data/tokenized/sentiment"))
 
 
-def write_run(root: Path, task: str, run: str, seed: int) -> None:
+def write_run(root: Path, task: str, run: str, seed: int, predicted: list | None = None) -> None:
     """The evaluate stage's two files, its scores computed by the evaluate stage's own functions."""
     if task == "summarization":
-        predicted = summaries(run, seed)
+        predicted = summaries(run, seed) if predicted is None else predicted
         scores, ids = metrics.rouge(predicted, SUMMARIES), [f"s{i}" for i in range(len(predicted))]
     else:
         predicted = labels_predicted(run, seed)
@@ -305,9 +311,9 @@ def test_the_papers_numbers_sit_beside_ours(workspace):
         "paper_difference"] == 0.68
 
 
-def test_offline_the_generation_claims_are_tested_on_sentiment(workspace, monkeypatch, tmp_path):
-    """findings.yaml's offline tasks: sentiment for the claims the paper shows on generation, and the one claim
-    no stand-in can test is inconclusive with its reason, comparing nothing."""
+def test_offline_the_generation_claims_are_tested_on_summarization_and_sentiment(workspace, monkeypatch, tmp_path):
+    """findings.yaml's offline tasks: the claims the paper shows on generation on both stand-ins (SmolLM2's
+    summarization and MiniLM's sentiment), each grid on those it has; the gap on generation on summarization."""
     import shutil
 
     root = tmp_path / "copy"
@@ -316,15 +322,42 @@ def test_offline_the_generation_claims_are_tested_on_sentiment(workspace, monkey
         path.write_text(path.read_text().replace('"profile": "real"', '"profile": "offline"').replace(
             "profile: real", "profile: offline"))
     assert run_stage(root, monkeypatch) == 0
-    claims = json.loads((root / "results/made_up/findings.json").read_text())["claims"]
+    data = json.loads((root / "results/made_up/findings.json").read_text())
+    claims = data["claims"]
     assert set(claims["parallel_beats_sequential"]["comparisons"]) == {
+        "summarization pa-200 vs sa_ffn-200", "summarization pa_attn-200 vs sa_attn-200",
         "sentiment pa-200 vs sa_ffn-200", "sentiment pa_attn-200 vs sa_attn-200"}
-    gap = claims["generation_gap_to_full"]
-    assert (gap["verdict"], gap["comparisons"]) == (findings.INCONCLUSIVE, {})
-    assert gap["untestable"].startswith("Offline there is no generation stand-in")
+    assert claims["generation_gap_to_full"] == {"verdict": findings.NOT_RUN, "needs": "runs sa_ffn-1024, lora-200",
+                                                "comparisons": {}}
+    # both stand-ins carry claims: full fine-tuning far above the first sentence and the majority class
+    assert data["stand_ins"]["summarization"]["carries"] and data["stand_ins"]["sentiment"]["carries"]
+    assert data["stand_ins"]["sentiment"] == {"baseline": "majority class", "carries": True, "difference": 50.0,
+                                              "low": 35.0, "high": 65.0}
     text = (root / "results/made_up/findings.md").read_text()
-    assert "| inconclusive | Offline there is no generation stand-in" in text
+    assert "| sentiment | majority class | +50.00 | [+35.00, +65.00] | yes |" in text
     assert "Offline profile: stand-in data" in text
+
+
+def test_a_stand_in_full_fine_tuning_does_not_clearly_beat_carries_no_claim(workspace, monkeypatch, tmp_path):
+    """Full fine-tuning that writes the first sentence's garble: summarization's comparisons become
+    inconclusive, whatever their intervals, and the claims say why; sentiment's keep their verdicts."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("results"))
+    for seed in SEEDS:
+        write_run(root, "summarization", "full", seed, predicted=GARBLED)
+    assert run_stage(root, monkeypatch) == 0
+    data = json.loads((root / "results/made_up/findings.json").read_text())
+    assert not data["stand_ins"]["summarization"]["carries"] and data["stand_ins"]["sentiment"]["carries"]
+    parallel = data["claims"]["parallel_beats_sequential"]
+    assert parallel["verdict"] == findings.INCONCLUSIVE  # pa-200 > sa_ffn-200 held, by +100, before
+    assert parallel["comparisons"]["summarization pa-200 vs sa_ffn-200"]["low"] == 100.0
+    assert {c["verdict"] for c in parallel["comparisons"].values()} == {findings.INCONCLUSIVE}
+    assert parallel["untestable"].startswith("the summarization stand-in carries no claim: full fine-tuning beats "
+                                             "the first sentence baseline by +0.00")
+    close = data["claims"]["classification_close_to_full"]["comparisons"]
+    assert close["sentiment adapter-16 vs full"]["verdict"] == findings.CONTRADICTED
 
 
 @pytest.mark.parametrize("missing", ["predictions/summarization/sa_ffn-200/seed2.jsonl",
@@ -372,7 +405,7 @@ def test_a_stale_predictions_file_is_an_error(workspace, monkeypatch, capsys, tm
 def test_a_grid_without_the_claims_task_says_which_it_needs():
     params = {"profile": "real", "grid": {"seeds": [42], "generation": ["summarization"], "classification": [],
                                           "runs": {"prefix-30": {}, "prefix_nogate-30": {}}}}
-    _, checked = findings.check(params, Path("/nonexistent"))
+    _, checked, _ = findings.check(params, Path("/nonexistent"))
     gating = next(c for c in checked if c.claim.id == "gating_helps")
     assert (gating.verdict, gating.needs) == (findings.NOT_RUN, "the translation task")
     close = next(c for c in checked if c.claim.id == "classification_close_to_full")
@@ -381,9 +414,7 @@ def test_a_grid_without_the_claims_task_says_which_it_needs():
 
 def test_the_default_grid_runs_no_claim_and_reads_nothing(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    grid, checked = findings.check(params, tmp_path)  # an empty directory: no file is needed
-    assert grid.name == "default"
-    testable = [c for c in checked if "offline" not in c.claim.untestable]
-    assert {c.verdict for c in testable} == {findings.NOT_RUN}
-    assert all(c.needs.startswith("runs ") for c in testable)
-    assert {c.verdict for c in checked if c not in testable} == {findings.INCONCLUSIVE}
+    grid, checked, stand_ins = findings.check(params, tmp_path)  # an empty directory: no file is needed
+    assert grid.name == "default" and stand_ins == {}
+    assert {c.verdict for c in checked} == {findings.NOT_RUN}
+    assert all(c.needs.startswith("runs ") for c in checked)

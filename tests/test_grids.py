@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 import unipeft
 from unipeft_bench import aggregation, runs
+from unipeft_bench.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -75,7 +76,8 @@ def test_params_yaml_is_the_composition_of_conf_with_its_defaults():
 
 
 def test_every_table_and_figure_of_the_paper_has_a_grid():
-    assert set(GRIDS) == {"default", "evidence", *PAPER_GRIDS}  # evidence: the runs of findings.yaml's claims
+    # evidence, evidence_generation: the runs of findings.yaml's claims (sentiment; summarization)
+    assert set(GRIDS) == {"default", "evidence", "evidence_generation", *PAPER_GRIDS}
 
 
 def test_conf_and_params_yaml_stay_within_80_columns():
@@ -115,12 +117,41 @@ def test_seeds_per_profile():
     assert composed("grid=table4", "grid.seeds=[42,2]")["grid"]["seeds"] == [42, 2]  # -S still overrides
 
 
-def test_the_default_grid_is_the_one_dvc_repro_always_ran():
+def test_the_default_grid_is_one_run_per_method_family():
     grid = composed()["grid"]
     assert (grid["generation"], grid["classification"], grid["seeds"]) == (["summarization"], ["sentiment"], [42])
-    methods = ["prompt", "prefix", "adapter", "lora", "pa", "scaled_pa", "mh_pa", "mam"]
-    assert list(grid["runs"]) == ["full", "bitfit"] + [f"{m}-{size}" for m in methods for size in ("small", "large")]
-    assert grid["runs"]["mam-small"]["offline"] == {"attn_bn": 5, "ffn_bn": 16}
+    assert list(grid["runs"]) == ["full", "prefix", "adapter", "lora", "pa", "mam"]
+    assert grid["runs"]["mam"]["offline"] == {"attn_bn": 30, "ffn_bn": 64,
+                                              "classification": {"attn_bn": 5, "ffn_bn": 16}}
+
+
+def test_every_run_of_a_grid_with_parts_is_in_exactly_one():
+    from unipeft_bench.parts import check_parts
+
+    grid = composed("grid=evidence_generation")["grid"]
+    parts = check_parts(grid)
+    assert list(parts) == ["1", "2", "3"] and sorted(sum(parts.values(), [])) == sorted(grid["runs"])
+    for broken, message in (({**parts, "4": ["full"]}, "'full' is in more than one part"),
+                            ({"1": parts["1"]}, "in no part; every run needs one"),
+                            ({**parts, "4": ["fulll"]}, "'fulll' is not a run of the grid"),
+                            (["full"], "expected a mapping of part names")):
+        with pytest.raises(DataError, match=message):
+            check_parts({**grid, "parts": broken})
+    assert check_parts(composed()["grid"]) == {}  # a grid without parts
+
+
+def test_a_part_lists_its_runs_train_and_evaluate_stages(monkeypatch, capsys):
+    from unipeft_bench import parts
+
+    monkeypatch.chdir(ROOT)
+    assert parts.main(["evidence_generation", "3"]) == 0
+    stages = capsys.readouterr().out.split()
+    assert stages[:2] == ["train_generation@summarization-prefix-30", "evaluate_generation@summarization-prefix-30"]
+    assert len(stages) == 12 and stages[-1] == "evaluate_generation@summarization-mam-30-512"
+    assert parts.main(["evidence_generation", "9"]) == 1
+    assert capsys.readouterr().err == "error: grid 'evidence_generation': no part '9'; its parts: 1, 2, 3\n"
+    assert parts.main(["evidence_generation"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "1: full pa-200 sa_ffn-200 pa_attn-200 sa_attn-200 sa_ffn-1024"
 
 
 def test_a_run_name_means_the_same_run_in_every_grid():

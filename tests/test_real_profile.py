@@ -127,8 +127,8 @@ def test_the_resolved_settings_reach_the_training_arguments_and_the_model_config
 
 def test_offline_profile_keeps_training_the_head_and_its_rate_tables():
     offline = PARAMS["train"]["offline"]["sentiment"]
-    settings = resolved_settings(offline, Run("sentiment", "pa-large", "pa"))
-    assert settings.get("train_head", True) and settings["learning_rate"] == offline["learning_rate_by_run"]["pa-large"]
+    settings = resolved_settings(offline, Run("sentiment", "mam", "mam"))
+    assert settings.get("train_head", True) and settings["learning_rate"] == offline["learning_rate_by_method"]["mam"]
 
 
 @pytest.mark.parametrize("by_method, message", [

@@ -19,28 +19,29 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def test_grid_runs_resolve_per_profile_and_task_kind():
-    mam = PARAMS["grid"]["runs"]["mam-small"]
-    assert grid_budget(mam, "offline", "seq2seq", "x") == mam["offline"]
+    mam = PARAMS["grid"]["runs"]["mam"]
+    assert grid_budget(mam, "offline", "seq2seq", "x") == {"attn_bn": 30, "ffn_bn": 64}  # SmolLM2's
+    assert grid_budget(mam, "offline", "classification", "x") == {"attn_bn": 5, "ffn_bn": 16}  # MiniLM's
     assert grid_budget(mam, "real", "seq2seq", "x") == {"attn_bn": 30, "ffn_bn": 512}
     assert grid_budget(mam, "real", "classification", "x") == {"attn_bn": 16, "ffn_bn": 16, "scale": 2}  # Table 2
-    [run] = resolve(PARAMS, ["sentiment", "mam-small", "3"])
-    assert (run.method, run.seed, run.model, run.budget) == ("mam", 3, "minilm", mam["offline"])
-    assert str(run.adapter_dir) == "runs/sentiment/mam-small/seed3"
-    assert str(run.metrics_path) == "metrics/sentiment/mam-small/seed3.json"
+    [run] = resolve(PARAMS, ["sentiment", "mam", "3"])
+    assert (run.method, run.seed, run.model, run.budget) == ("mam", 3, "minilm", {"attn_bn": 5, "ffn_bn": 16})
+    assert str(run.adapter_dir) == "runs/sentiment/mam/seed3"
+    assert str(run.metrics_path) == "metrics/sentiment/mam/seed3.json"
 
 
 def test_a_grid_run_without_a_seed_is_the_run_at_each_of_the_grids_seeds():
     params = {**PARAMS, "grid": {**PARAMS["grid"], "seeds": [42, 2, 4]}}
-    each = resolve(params, ["sentiment", "mam-small"])
+    each = resolve(params, ["sentiment", "mam"])
     assert [run.seed for run in each] == [42, 2, 4] and len({(r.method, str(r.budget)) for r in each}) == 1
-    assert [str(run.predictions_path) for run in each][1] == "predictions/sentiment/mam-small/seed2.jsonl"
+    assert [str(run.predictions_path) for run in each][1] == "predictions/sentiment/mam/seed2.jsonl"
 
 
 def test_the_experiment_reads_the_top_level_keys():
     params = {**PARAMS, "task": "summarization", "method": "lora", "budget": {"attn_bn": 4, "ffn_bn": None}}
     [run] = resolve(params, ["experiment"])
     assert (run.task, run.method, run.budget, run.model) == ("summarization", "lora", {"attn_bn": 4},
-                                                              "models/backbone")
+                                                              "models/smollm2")
     assert str(run.metrics_path) == "experiment/metrics.json" and str(run.adapter_dir) == "experiment/adapter"
 
 
@@ -90,9 +91,9 @@ def test_training_arguments_follow_the_task_settings(tmp_path):
     rates = {"learning_rate": 1.0, "learning_rate_by_method": {"pa": 2.0}, "learning_rate_by_run": {"pa-large": 3.0}}
     assert [learning_rate(rates, Run("sentiment", name, method)) for name, method in
             (("lora-small", "lora"), ("pa-small", "pa"), ("pa-large", "pa"), ("experiment", "pa"))] == [1, 2, 3, 2]
-    offline = training_arguments(PARAMS["train"]["offline"]["sentiment"], Run("sentiment", "pa-large", "pa"), False, 10)
+    offline = training_arguments(PARAMS["train"]["offline"]["sentiment"], Run("sentiment", "full", "full"), False, 10)
     assert offline.bf16 and offline.use_cpu == (not torch.cuda.is_available())  # CPU bf16 needs use_cpu
-    assert offline.learning_rate == PARAMS["train"]["offline"]["sentiment"]["learning_rate_by_run"]["pa-large"]
+    assert offline.learning_rate == PARAMS["train"]["offline"]["sentiment"]["learning_rate_by_method"]["full"]
     mt = training_arguments(PARAMS["train"]["real"]["translation"], Run("translation", "x", "mam"), True, 10)
     assert not mt.predict_with_generate and mt.metric_for_best_model == "loss" and not mt.greater_is_better
     with pytest.raises(DataError, match="select: unknown 'bleu4'"):
@@ -161,9 +162,9 @@ def test_the_stage_command_works_through_the_grids_seeds_in_one_process_and_stop
             raise DataError("seed 6 failed")
         return {"seed": run.seed}
 
-    assert stage_main(["sentiment", "mam-small"], "train", work) == 1
+    assert stage_main(["sentiment", "mam"], "train", work) == 1
     out, err = capsys.readouterr()
-    assert seen == [5, 6] and out == "sentiment/mam-small/seed5: {'seed': 5}\n" and err == "error: seed 6 failed\n"
+    assert seen == [5, 6] and out == "sentiment/mam/seed5: {'seed': 5}\n" and err == "error: seed 6 failed\n"
 
 def _with_seeds_in_parallel(seeds: list[int], value=True, **train) -> dict:
     sentiment = {**PARAMS["train"]["offline"]["sentiment"], "seeds_in_parallel": value, **train}
@@ -187,9 +188,9 @@ def test_seeds_in_parallel_train_each_in_its_own_process_and_report_in_order(tmp
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 7, 8])))
-    assert stage_main(["sentiment", "mam-small"], "train", _report_process) == 0
+    assert stage_main(["sentiment", "mam"], "train", _report_process) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == [f"sentiment/mam-small/seed{s}" for s in (5, 7, 8)]
+    assert [line.split(":")[0] for line in lines] == [f"sentiment/mam/seed{s}" for s in (5, 7, 8)]
     reports = [eval(line.split(": ", 1)[1]) for line in lines]
     assert len({r["pid"] for r in reports} | {os.getpid()}) == 4  # three processes, none of them this one
     assert {r["threads"] for r in reports} == {max(1, len(os.sched_getaffinity(0)) // 3)}
@@ -200,16 +201,16 @@ def test_seeds_in_parallel_all_run_and_the_first_error_is_raised(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 6, 7])))
-    assert stage_main(["sentiment", "mam-small"], "train", _report_process) == 1
+    assert stage_main(["sentiment", "mam"], "train", _report_process) == 1
     assert capsys.readouterr().err == "error: seed 6 failed\n"
     assert sorted(p.name for p in tmp_path.glob("ran*")) == ["ran5", "ran6", "ran7"]
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 9])))
-    with pytest.raises(RuntimeError, match="^sentiment/mam-small/seed9: its process ended without a result$"):
-        stage_main(["sentiment", "mam-small"], "train", _report_process)
+    with pytest.raises(RuntimeError, match="^sentiment/mam/seed9: its process ended without a result$"):
+        stage_main(["sentiment", "mam"], "train", _report_process)
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with_seeds_in_parallel([5, 7], value="yes")))
-    assert stage_main(["sentiment", "mam-small"], "train", _report_process) == 1
+    assert stage_main(["sentiment", "mam"], "train", _report_process) == 1
     assert capsys.readouterr().err == ("error: params.yaml train.offline.sentiment.seeds_in_parallel: expected "
                                        "true or false, got 'yes'\n")
 

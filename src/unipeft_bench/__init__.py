@@ -1,1 +1,1 @@
-"""The benchmark around unipeft: the paper's tasks, their offline stand-ins, and the offline seq2seq backbone."""
+"""The benchmark around unipeft: the paper's tasks, their offline stand-ins, their trivial baselines and the grids."""

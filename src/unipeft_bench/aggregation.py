@@ -20,6 +20,7 @@ import yaml
 
 import unipeft
 
+from . import baselines
 from .errors import DataError
 from .io import need
 from .tasks import task as get_task
@@ -154,6 +155,21 @@ def read_metrics(path: Path, task: str, run: str, seed: int, profile: str) -> di
 def read_all(grid: Grid, root: Path) -> list[dict]:
     return [read_metrics(metrics_path(root, task, run, seed), task, run, seed, grid.profile)
             for task in grid.generation + grid.classification for run in grid.runs for seed in grid.seeds]
+
+
+BASELINE = "baseline"  # the trivial baseline's run name in the tables (no grid run may take it: validation)
+
+
+def read_baselines(grid: Grid, root: Path) -> list[dict]:
+    """Each task's trivial baseline as a one-seed record, where its tokenized data exist."""
+    records = []
+    for task in grid.generation + grid.classification:
+        scores = baselines.scores(task, root, romanian=grid.profile == "real" and task == "translation")
+        if scores is not None:
+            records.append({"task": task, "run": BASELINE, "seed": 0, "method": BASELINE, "sizes": {},
+                            "params_percent": 0.0, "scores": reported_scores(task, scores, f"{task} baseline"),
+                            "training": {}, "seeds": 1})
+    return records
 
 
 # ---- labels and numbers as the paper writes them -------------------------------------------------------------------
@@ -302,9 +318,9 @@ def _run_rows(grid: Grid, kind: str, run: str, first: dict, stats: pd.DataFrame,
     """One run's row twice: numbers for the CSV and text for the Markdown table."""
     tasks, real = getattr(grid, kind), grid.profile == "real"
     head = first[(tasks[0], run)]
-    label = method_label(head["method"], head["sizes"])
+    label = baseline_label(tasks) if run == BASELINE else method_label(head["method"], head["sizes"])
     numeric = {"run": run, "method": head["method"], "label": label, "params_percent": head["params_percent"],
-               "seeds": len(grid.seeds)}
+               "seeds": head.get("seeds", len(grid.seeds))}
     shown = {"Method": label,
              "#params": " / ".join(dict.fromkeys(percent(first[(t, run)]["params_percent"]) for t in tasks))}
     entries = {t: paper_entry(t, first[(t, run)]["method"], first[(t, run)]["sizes"], grid.paper) if real else None
@@ -339,17 +355,29 @@ def _distinct_labels(shown: pd.DataFrame, runs: tuple[str, ...]) -> pd.DataFrame
     return shown
 
 
+def baseline_label(tasks: tuple[str, ...]) -> str:
+    return f"Trivial baseline ({' / '.join(dict.fromkeys(baselines.NAMES[task] for task in tasks))})"
+
+
+def has_baselines(kind_tasks: tuple[str, ...], records: list[dict]) -> bool:
+    return bool(kind_tasks) and {r["task"] for r in records if r["run"] == BASELINE} >= set(kind_tasks)
+
+
 def results_table(grid: Grid, kind: str, records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The numeric table (CSV) and its formatted twin (Markdown): one row per run, in grid order."""
+    """The numeric table (CSV) and its formatted twin (Markdown): the trivial baseline's row first (where every
+    task of the kind has one), then one row per run, in grid order."""
     tasks = getattr(grid, kind)
     if not tasks:
         return pd.DataFrame(columns=["run", "method", "label", "params_percent", "seeds"]), pd.DataFrame()
     mine = [r for r in records if r["task"] in tasks]
     first = {(r["task"], r["run"]): r for r in reversed(mine)}  # the first seed's record: method, sizes, #params
     stats = summarise(mine)
-    rows = [_run_rows(grid, kind, run, first, stats, mine) for run in grid.runs]
-    numeric, shown = pd.DataFrame([n for n, _ in rows]), pd.DataFrame([s for _, s in rows])
-    return numeric.round(4), _distinct_labels(shown, grid.runs)
+    runs = ((BASELINE,) if has_baselines(tasks, mine) else ()) + grid.runs
+    rows = [_run_rows(grid, kind, run, first, stats, mine) for run in runs]
+    # columns in a trained run's order: the baseline's row has no interval or steps
+    columns = list(dict.fromkeys([key for _, s in rows[1:] for key in s] + list(rows[0][1])))
+    numeric, shown = pd.DataFrame([n for n, _ in rows]), pd.DataFrame([s for _, s in rows], columns=columns)
+    return numeric.round(4), _distinct_labels(shown.fillna(""), runs)
 
 
 def markdown(shown: pd.DataFrame) -> str:
@@ -361,9 +389,13 @@ def markdown(shown: pd.DataFrame) -> str:
     return "\n".join([line(shown.columns), rule] + [line(row) for row in shown.itertuples(index=False)])
 
 
-def table_notes(grid: Grid, kind: str) -> list[str]:
+def table_notes(grid: Grid, kind: str, baselined: bool = True) -> list[str]:
     tasks, seeds = getattr(grid, kind), ", ".join(map(str, grid.seeds))
-    notes = [f"Scores: mean ± sample standard deviation over seeds {seeds}, as the paper's Table 6 (3 seeds)."
+    notes = ["Trivial baseline: " + "; ".join(f"{column_name(task, grid.profile)}, the {baselines.NAMES[task]}"
+                                              for task in tasks) +
+             " (src/unipeft_bench/baselines.py), scored on the same test examples and references as the runs."
+             if baselined else "No trivial baseline: the tasks' tokenized data (data/tokenized/) were not found.",
+             f"Scores: mean ± sample standard deviation over seeds {seeds}, as the paper's Table 6 (3 seeds)."
              if kind == "generation" else
              f"Scores: accuracy, median ± sample standard deviation over seeds {seeds}, as the paper's Table 2 "
              "(median of 5 runs).",
@@ -385,18 +417,19 @@ def table_notes(grid: Grid, kind: str) -> list[str]:
                      f"src/unipeft_bench/paper_results.yaml (table in 'Paper source'{first}); empty where it has no "
                      "such run.")
     else:
-        notes.append("Offline profile: stand-in data and a small backbone, so the paper's numbers are not "
+        notes.append("Offline profile: stand-in data and small models, so the paper's numbers are not "
                      "comparable and are not shown.")
     notes.append(f"Grid `{grid.name}` (conf/grid/{grid.name}.yaml): `dvc exp run -S grid={grid.name}`.")
     return notes
 
 
-def table_markdown(grid: Grid, kind: str, shown: pd.DataFrame) -> str:
+def table_markdown(grid: Grid, kind: str, shown: pd.DataFrame, baselined: bool = True) -> str:
     title = grid.title or {"generation": "Generation tasks (the shape of the paper's Tables 3-6 and 12)",
                            "classification": "Classification tasks (the shape of the paper's Table 2)"}[kind]
     if shown.empty:
         return f"# {title}\n\nno tasks of this kind in the grid\n"
-    return f"# {title}\n\n{markdown(shown)}\n\n" + "".join(f"- {note}\n" for note in table_notes(grid, kind))
+    return f"# {title}\n\n{markdown(shown)}\n\n" + "".join(f"- {note}\n" for note in table_notes(grid, kind,
+                                                                                                     baselined))
 
 
 # ---- figures --------------------------------------------------------------------------------------------------------
@@ -409,14 +442,15 @@ def plot_data(grid: Grid, task: str, numeric: pd.DataFrame) -> pd.DataFrame:
                f"{task}_{primary}_ci_high": "score_high"}
     if grid.profile == "real":
         columns.update(paper_params_percent="paper_params_percent", **{f"{task}_{primary}_paper": "paper_score"})
-    return numeric[["method", "run", "params_percent", *columns]].rename(columns=columns)
+    return numeric[["method", "run", "label", "params_percent", *columns]].rename(columns=columns)
 
 
 def _draw_methods(axes, data: pd.DataFrame, x: str, y: str, paper: bool) -> None:
     """One line per method through its budgets; the paper's in the same colour, dashed with open markers."""
-    methods = data.loc[data["method"] != "full", "method"].drop_duplicates()
+    trained = data[data["method"] != BASELINE]
+    methods = trained.loc[trained["method"] != "full", "method"].drop_duplicates()
     colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}
-    peft = data[(data["method"] != "full") & (data[x] > 0)].dropna(subset=[x, y])
+    peft = trained[(trained["method"] != "full") & (trained[x] > 0)].dropna(subset=[x, y])
     for method, points in peft.groupby("method", sort=False):
         points = points.sort_values(x)
         name = METHOD_NAMES.get(method, method)
@@ -428,6 +462,9 @@ def _draw_methods(axes, data: pd.DataFrame, x: str, y: str, paper: bool) -> None
             above = (points["score_high"] - points[y]).clip(lower=0)
             axes.errorbar(points[x], points[y], yerr=[below, above], fmt="none", ecolor=colours[method], alpha=0.6,
                           capsize=3)
+    if not paper:
+        for _, baseline in data[data["method"] == BASELINE].dropna(subset=[y]).iterrows():
+            axes.axhline(baseline[y], linestyle=":", color="black", label=baseline["label"])
     for _, full in data[data["method"] == "full"].dropna(subset=[y]).iterrows():
         axes.axhline(full[y], linestyle=":" if paper else "--", color="grey",
                      label="Full fine-tuning (paper)" if paper else "Full fine-tuning")
@@ -444,7 +481,7 @@ def plot_png(data: pd.DataFrame, task: str, profile: str) -> bytes:
     view = TASK_VIEWS[task]
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     axes = figure.subplots()
-    peft = data[(data["method"] != "full") & (data["params_percent"] > 0)]
+    peft = data[~data["method"].isin(("full", BASELINE)) & (data["params_percent"] > 0)]
     _draw_methods(axes, data, "params_percent", "score", paper=False)
     if "paper_score" in data:
         _draw_methods(axes, data, "paper_params_percent", "paper_score", paper=True)
@@ -509,25 +546,29 @@ def curves_png(curves: pd.DataFrame, task: str, profile: str) -> bytes:
 # ---- everything, in memory ------------------------------------------------------------------------------------------
 def report_line(task: str, data: pd.DataFrame, numeric: pd.DataFrame) -> str:
     labels = dict(zip(numeric["run"], numeric["label"]))
-    full, peft = data[data["method"] == "full"], data[data["method"] != "full"]
+    full, peft = data[data["method"] == "full"], data[~data["method"].isin(("full", BASELINE))]
     parts = []
     if not peft.empty:
         best = peft.loc[peft["score"].idxmax()]
         parts.append(f"best {best['score']:.2f} by {labels[best['run']]} at {percent(best['params_percent'])}")
     if not full.empty:
         parts.append(f"full fine-tuning {full['score'].iloc[0]:.2f}")
+    baseline = data[data["method"] == BASELINE]
+    if not baseline.empty:
+        parts.append(f"trivial baseline {baseline['score'].iloc[0]:.2f}")
     return f"{task} {TASK_VIEWS[task].primary}: " + "; ".join(parts)
 
 
 def build(params: dict, root: Path = Path(".")) -> tuple[dict[Path, str | bytes], list[str]]:
     """Every output file's content, keyed by path, and a short report; reads everything before returning."""
     grid = read_grid(params)
-    records = read_all(grid, root)
+    records = read_all(grid, root) + read_baselines(grid, root)
     outputs, report = {}, []
     for kind in ("generation", "classification"):
         numeric, shown = results_table(grid, kind, records)
         outputs[root / grid.tables / f"{kind}.csv"] = numeric.to_csv(index=False)
-        outputs[root / grid.tables / f"{kind}.md"] = table_markdown(grid, kind, shown)
+        outputs[root / grid.tables / f"{kind}.md"] = table_markdown(grid, kind, shown,
+                                                                    has_baselines(getattr(grid, kind), records))
         report.append(f"{kind}: {len(numeric)} runs x {len(getattr(grid, kind))} tasks x {len(grid.seeds)} seeds "
                       f"-> {grid.tables / kind}.md, .csv")
         for task in getattr(grid, kind):

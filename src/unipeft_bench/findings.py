@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from . import aggregation
+from . import aggregation, baselines
 from .errors import DataError
 
 FINDINGS = Path(__file__).with_name("findings.yaml")
@@ -32,6 +32,10 @@ HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "holds", "contradicted", "inconclus
 KINDS = ("generation", "classification")
 # A recomputed score may differ from the metrics file's only by the file's rounding to 2 decimals.
 TOLERANCE = 0.011
+# A task carries claims only if full fine-tuning beats its trivial baseline by more than this many points (the
+# interval's low end): on a stand-in the model cannot learn, differences between methods say nothing.
+STAND_IN_MARGIN = 1.0
+FULL = "full"  # the run the stand-in check compares with the baseline
 
 
 # ---- the claims -----------------------------------------------------------------------------------------------------
@@ -292,12 +296,33 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class StandIn:
+    """Whether a task can carry claims: full fine-tuning against the task's trivial baseline on the same test
+    examples (the baseline is the same for every seed)."""
+
+    task: str
+    baseline: str
+    effect: Effect | None  # full - baseline; None where the grid has no full fine-tuning run
+
+    @property
+    def carries(self) -> bool:
+        return self.effect is None or self.effect.low > STAND_IN_MARGIN
+
+    @property
+    def why_not(self) -> str:
+        return "" if self.carries else (
+            f"the {self.task} stand-in carries no claim: full fine-tuning beats the {self.baseline} baseline by "
+            f"{self.effect.difference:+.2f} [{self.effect.low:+.2f}, {self.effect.high:+.2f}], not clearly more "
+            f"than {STAND_IN_MARGIN:g} point")
+
+
+@dataclass(frozen=True)
 class Checked:
     claim: Claim
     verdict: str
     comparisons: tuple[Comparison, ...]
     needs: str  # what the grid lacks: "" when every comparison ran
-    why_untested: str = ""  # the claim's `untestable` sentence for this profile: inconclusive, nothing compared
+    why_untested: str = ""  # the claim's `untestable` sentence, or why its task's stand-in carries no claim
 
 
 def _plan(claim: Claim, grid: aggregation.Grid) -> tuple[list[tuple[str, str, str]], str]:
@@ -315,13 +340,27 @@ def _task_words(tasks, profile: str) -> str:
     return f"a {spec} task" if spec in KINDS else f"the {' or '.join(spec)} task"
 
 
-def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = None) -> tuple[aggregation.Grid,
-                                                                                            list[Checked]]:
-    """Every claim's verdict on the grid's runs; reads every input before returning (nothing is written here)."""
+def stand_in_check(grid: aggregation.Grid, task: str, split: Split, statistics: dict, root: Path) -> StandIn:
+    """Full fine-tuning (each seed) against the trivial baseline, with the claims' own bootstrap."""
+    name = baselines.NAMES[task]
+    if FULL not in grid.runs:
+        return StandIn(task, name, None)
+    predicted = baselines.predictions(task, baselines.tokenized(task, root))[split.name]
+    baseline = split.scorer.statistics(predicted)
+    effect = paired_bootstrap([statistics[(split.name, task, FULL, s)] for s in grid.seeds],
+                              [baseline] * len(grid.seeds), split.scorer.score)
+    return StandIn(task, name, effect)
+
+
+def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = None) -> tuple[
+        aggregation.Grid, list[Checked], dict[str, StandIn]]:
+    """Every claim's verdict on the grid's runs, and each claimed task's stand-in check; reads every input before
+    returning (nothing is written here)."""
     grid = aggregation.read_grid(params)
     claims = load_claims() if claims is None else claims
     plans = {claim.id: _plan(claim, grid) for claim in claims if grid.profile not in claim.untestable}
-    points = sorted({(task, run) for plan, _ in plans.values() for task, a, b in plan for run in (a, b)})
+    points = {(task, run) for plan, _ in plans.values() for task, a, b in plan for run in (a, b)}
+    points = sorted(points | {(task, FULL) for task, _ in points if FULL in grid.runs})  # the stand-in check's
     # The metrics files first (the cheapest to miss), then the references, then the predictions.
     records = {(task, run, seed): aggregation.read_metrics(aggregation.metrics_path(root, task, run, seed), task,
                                                             run, seed, grid.profile)
@@ -331,6 +370,7 @@ def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = Non
               for task, run in one_run.items()}
     statistics = {(split.name, task, run, seed): _statistics(root, records, split, run, seed)
                   for task, run in points for split in splits[task] for seed in grid.seeds}
+    stand_ins = {task: stand_in_check(grid, task, splits[task][0], statistics, root) for task in splits}
     checked = []
     for claim in claims:
         if grid.profile in claim.untestable:
@@ -346,9 +386,12 @@ def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = Non
                 paper = paper_numbers(split, records[(task, favoured, grid.seeds[0])],
                                       records[(task, other, grid.seeds[0])], claim.paper_source) \
                     if grid.profile == "real" else None
-                comparisons.append(Comparison(split, favoured, other, effect, verdict(effect, claim.threshold), paper))
-        checked.append(Checked(claim, claim_verdict([c.verdict for c in comparisons]), tuple(comparisons), needs))
-    return grid, checked
+                found = verdict(effect, claim.threshold) if stand_ins[task].carries else INCONCLUSIVE
+                comparisons.append(Comparison(split, favoured, other, effect, found, paper))
+        why = "; ".join(dict.fromkeys(stand_ins[task].why_not for task, _, _ in plan if stand_ins[task].why_not))
+        checked.append(Checked(claim, claim_verdict([c.verdict for c in comparisons]), tuple(comparisons), needs,
+                               why))
+    return grid, checked, stand_ins
 
 
 def _statistics(root: Path, records: dict, split: Split, run: str, seed: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import io, prompts, runs
 from .errors import DataError
 from .gguf_backbone import GGUF_MODELS
+from .parts import check_parts
 from .models import PACKAGED
 from .tasks import TASKS, task as get_task
 from .training import check_settings, resolved_settings
@@ -111,6 +112,9 @@ def validate(params: dict) -> dict:
     grid_runs = io.need(params, "grid.runs")
     if not isinstance(grid_runs, dict):
         raise DataError("params.yaml grid.runs: expected a mapping of run names")
+    if "baseline" in grid_runs:  # the tables' name for each task's trivial baseline (src/unipeft_bench/baselines.py)
+        raise DataError("params.yaml grid.runs.baseline: the name is reserved for the tables' trivial baseline row")
+    check_parts(params["grid"])
     grid_tasks = []
     for group, kind in KINDS.items():
         tasks = io.need(params, f"grid.{group}")
