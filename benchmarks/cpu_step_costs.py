@@ -1,9 +1,9 @@
 """What a training step and an evaluation batch cost on this CPU, side by side in one run, under the choices
-the offline profile makes: bf16 autocast, dropout off, word embeddings frozen in the backbone pretraining.
+the offline profile makes: bf16 autocast and dropout off.
 
     python benchmarks/cpu_step_costs.py [--repeats 5]
 
-Needs models/backbone (dvc repro backbone). Prints seconds per step and each variant's ratio to fp32.
+Needs models/smollm2 (dvc repro llm_backbone). Prints seconds per step and each variant's ratio to fp32.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import unipeft
 from unipeft_bench.models import resolve
@@ -53,11 +53,6 @@ def train_step(model, batch: dict, bf16: bool):
     return step
 
 
-def seq2seq_batch(batch_size: int, source: int, target: int) -> dict:
-    return {"input_ids": torch.randint(1000, 20000, (batch_size, source)),
-            "labels": torch.randint(1000, 20000, (batch_size, target))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
@@ -76,21 +71,6 @@ def main() -> None:
             base = base or seconds
             rows.append((name, variant, seconds, base / seconds))
 
-    def backbone(freeze_embeddings: bool):
-        def build():
-            model = AutoModelForSeq2SeqLM.from_pretrained("models/backbone")
-            if freeze_embeddings:
-                for p in model.get_input_embeddings().parameters():
-                    p.requires_grad_(False)
-                model.encoder.get_input_embeddings().weight.requires_grad_(False)
-            return model
-        return build
-
-    backbone_batch = seq2seq_batch(16, 32, 32)
-    measure("backbone pretraining step (bs 16, 32+32 tokens)", backbone(False),
-            lambda m, bf16: train_step(m, backbone_batch, bf16))
-    measure("  same, word embeddings frozen", backbone(True), lambda m, bf16: train_step(m, backbone_batch, bf16))
-
     def peft(load, method, **budget):
         def build():
             model = load()
@@ -98,9 +78,12 @@ def main() -> None:
             return model
         return build
 
-    summarization = seq2seq_batch(16, 40, 24)
-    measure("summarization LoRA r=4 step (bs 16, 40+24)", peft(lambda: AutoModelForSeq2SeqLM.from_pretrained(
-        "models/backbone"), "lora", attn_bn=4), lambda m, bf16: train_step(m, summarization, bf16))
+    smollm2 = lambda: AutoModelForCausalLM.from_pretrained("models/smollm2")  # noqa: E731
+    prompt_and_summary = torch.randint(1000, 20000, (8, 112))
+    summarization = {"input_ids": prompt_and_summary,
+                     "labels": torch.cat([torch.full((8, 96), -100), prompt_and_summary[:, 96:]], dim=1)}
+    measure("summarization LoRA r=8 step on SmolLM2 (bs 8, 96+16 tokens)", peft(smollm2, "lora", attn_bn=8),
+            lambda m, bf16: train_step(m, summarization, bf16))
     classifier = lambda: AutoModelForSequenceClassification.from_pretrained(resolve("minilm"), num_labels=2)  # noqa
     sentiment = {"input_ids": torch.randint(1000, 20000, (16, 48)), "labels": torch.randint(0, 2, (16,))}
     measure("sentiment LoRA r=4 step (bs 16, 48 tokens)", peft(classifier, "lora", attn_bn=4),
@@ -116,16 +99,15 @@ def main() -> None:
         return step
     measure("sentiment evaluation batch (128 × 48 tokens)", classifier, classify)
 
-    def beam_search(model, bf16):
+    def greedy(model, bf16):
         model.eval()
-        inputs = torch.randint(1000, 20000, (50, 40))
+        inputs = torch.randint(1000, 20000, (50, 96))
 
         def step():
             with torch.no_grad(), precision(bf16):
-                model.generate(input_ids=inputs, num_beams=6, min_length=24, max_length=24, no_repeat_ngram_size=3)
+                model.generate(input_ids=inputs, do_sample=False, min_new_tokens=24, max_new_tokens=24)
         return step
-    measure("summarization beam search (50 × 40 tokens, beam 6, 24 out)",
-            lambda: AutoModelForSeq2SeqLM.from_pretrained("models/backbone"), beam_search)
+    measure("summarization greedy generation on SmolLM2 (50 × 96 tokens, 24 out)", smollm2, greedy)
 
     width = max(len(r[0]) for r in rows)
     for name, variant, seconds, ratio in rows:

@@ -299,9 +299,9 @@ def test_a_named_grid_writes_its_own_directory_with_the_papers_title(tmp_path, m
     assert text.startswith("# Table 4: attention-side methods at l or r = 200 and 30 (en-ro)\n")
     assert "`dvc exp run -S grid=table4`" in text
     rows = markdown_rows(tables / "generation.md")
-    assert [row["Method"] for row in rows] == [  # method × budget, in the paper's row order
-        "PA attn (r=30)", "Prefix (l=30)", "MH PA (r=30)", "Prefix −gating (l=30)", "Prefix (l=5)",
-        "Prefix −gating (l=5)", "PA ffn (r=5)", "PA attn (r=5)", "MH PA (r=5)"]
+    assert [row["Method"] for row in rows] == [  # method × budget, in the paper's row order; SmolLM2's sizes
+        "PA attn (r=100)", "Prefix (l=100)", "MH PA (r=100)", "Prefix −gating (l=100)", "Prefix (l=15)",
+        "Prefix −gating (l=15)", "PA ffn (r=15)", "PA attn (r=15)", "MH PA (r=15)"]
     assert list(rows[0]) == ["Method", "#params", "translation BLEU"]
     assert list(pd.read_csv(tables / "generation.csv")["run"]) == list(params["grid"]["runs"])
     assert (tmp_path / "results/table4/plots/translation.png").read_bytes().startswith(b"\x89PNG")

@@ -15,6 +15,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
                           PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
 import data_fixtures as fx
+import unipeft
 from unipeft_bench import causal_lm, prompts
 from unipeft_bench.errors import DataError
 
@@ -267,6 +268,30 @@ def test_a_decoder_only_run_trains_and_evaluates_prompt_to_completion(project, m
     assert metrics["evaluation"]["examples"] == 6 and 0 < metrics["params"]["paper"] < metrics["params"]["base_params"]
     predictions = [json.loads(line) for line in run.predictions_path.read_text().splitlines()]
     assert len(predictions) == 6 and not any("Synopsis:" in p["prediction"] for p in predictions)  # new tokens only
+
+
+@pytest.mark.parametrize("method", sorted(unipeft.preset_names()))
+def test_every_preset_trains_and_generates_prompt_to_completion(project, method):
+    """What `dvc exp run -S method=<preset> -S task=summarization` does offline on SmolLM2, on a tiny Llama: every
+    preset trains and generates through the stages' own functions; BitFit, with no bias to train, is refused in
+    one line."""
+    from evaluate import evaluate_and_save
+    from train import train
+    from unipeft_bench.runs import Run
+
+    tokenize_for_llama("summarization", prompt=PROMPT)
+    budget = unipeft.preset(method).applicable_budget({"attn_bn": 3, "ffn_bn": 4})
+    run = Run("summarization", f"{method}-tiny", method, budget, seed=3, model="models/llama")
+    settings = {**TRAIN, "steps": 2, "eval_every": 2, "select": "rouge2", "eval_batch_size": 2,
+                "validation_generation": {"num_beams": 1, "max_length": 4}}
+    if method == "bitfit":
+        with pytest.raises(DataError, match="^method 'bitfit'.unfreeze: llama has no bias parameters to train$"):
+            train(run, settings)
+        return
+    assert train(run, settings)["steps"] == 2
+    scores = evaluate_and_save(run, {"batch_size": 3, "generation": {"num_beams": 1, "max_length": 4}})
+    assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert len(run.predictions_path.read_text().splitlines()) == 6
 
 
 def test_a_decoder_only_classifier_trains_and_evaluates(project):

@@ -176,3 +176,37 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
     assert "LoRA ffn (r=30, s=1)" in table and "Scaled PA, learned s (r=256, s=learned)" in table  # SmolLM2 sizes
     assert (repo / "results/table5/plots/summarization.png").read_bytes()[:4] == b"\x89PNG"
     assert "MAM (l=30, r=64, s=4)" in (repo / "results/tables/generation.md").read_text()  # the default's, kept
+
+
+@pytest.mark.slow
+def test_a_grid_in_parts_trains_each_part_once_and_the_findings_read_them_all(repo):
+    """A grid whose runs are split in named parts (as conf/grid/evidence_generation.yaml): each part's stages run
+    on their own, a part already run is not retrained, and aggregate and findings then read every part."""
+    evidence = yaml.safe_load((ROOT / "conf/grid/evidence_generation.yaml").read_text())["grid"]["runs"]
+    grid = {"name": "in_parts", "results": "results/in_parts", "generation": ["summarization"], "classification": [],
+            "seeds": [7], "parts": {"1": ["full", "pa-200"], "2": ["sa_ffn-200"]},
+            "runs": {run: evidence[run] for run in ("full", "pa-200", "sa_ffn-200")}}
+    (repo / "conf/grid/in_parts.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a grid in two parts")
+
+    def part(name: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "unipeft_bench.parts", "in_parts", name], cwd=repo,
+                              capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+    assert part("2") == ["train_generation@summarization-sa_ffn-200", "evaluate_generation@summarization-sa_ffn-200"]
+    out = dvc(repo, "exp", "run", "-S", "grid=in_parts", *part("1"))
+    assert "Running stage 'train_generation@summarization-pa-200'" in out
+    assert "sa_ffn-200'" not in out and "Running stage 'aggregate'" not in out
+    out = dvc(repo, "exp", "run", "-S", "grid=in_parts", *part("2"))
+    assert "Running stage 'train_generation@summarization-sa_ffn-200'" in out
+    assert "Running stage 'train_generation@summarization-pa-200'" not in out  # part 1 is not retrained
+    out = dvc(repo, "exp", "run", "-S", "grid=in_parts", "aggregate", "findings")
+    assert "Running stage 'findings'" in out and "Running stage 'train_" not in out
+    found = json.loads((repo / "results/in_parts/findings.json").read_text())
+    assert list(found["claims"]["parallel_beats_sequential"]["comparisons"]) == [
+        "summarization pa-200 vs sa_ffn-200"]  # one run from each part
+    assert set(found["stand_ins"]) == {"summarization"}
+    rows = (repo / "results/in_parts/tables/generation.md").read_text()
+    assert "PA ffn (r=100)" in rows and "SA ffn (r=100)" in rows
