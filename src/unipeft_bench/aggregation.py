@@ -442,7 +442,8 @@ def plot_data(grid: Grid, task: str, numeric: pd.DataFrame) -> pd.DataFrame:
                f"{task}_{primary}_ci_high": "score_high"}
     if grid.profile == "real":
         columns.update(paper_params_percent="paper_params_percent", **{f"{task}_{primary}_paper": "paper_score"})
-    return numeric[["method", "run", "label", "params_percent", *columns]].rename(columns=columns)
+    data = numeric[["method", "run", "label", "params_percent", *columns]].rename(columns=columns)
+    return data.assign(label=data["label"].where(data["method"] != BASELINE, baseline_label((task,))))
 
 
 def _draw_methods(axes, data: pd.DataFrame, x: str, y: str, paper: bool) -> None:
