@@ -24,7 +24,7 @@ import yaml
 from test_pipeline import ROOT
 from test_training import sentiment_project  # noqa: F401  (a fixture)
 
-RUN_ARGS = ["sentiment", "prefix-small", "3"]
+RUN_ARGS = ["sentiment", "prefix", "3"]
 GLOBAL_BATCH = 4
 SETTINGS = {"steps": 4, "batch_size": GLOBAL_BATCH // 2, "eval_batch_size": 4, "eval_every": 2, "eval_examples": 8,
             "learning_rate": 1e-3, "warmup": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "select": "loss",
@@ -153,7 +153,7 @@ def test_a_launch_whose_processes_do_not_form_one_job_is_refused(sentiment_proje
     from unipeft_bench.runs import Run
 
     monkeypatch.setattr("train.processes", lambda: 2)
-    run = Run("sentiment", "prefix-small", "prefix", {"attn_bn": 2}, seed=3, model="minilm")
+    run = Run("sentiment", "prefix", "prefix", {"attn_bn": 2}, seed=3, model="minilm")
     with pytest.raises(DataError, match=r"^launched as 2 processes but the Trainer sees 1") as err:
         train(run, SETTINGS)
     assert "\n" not in str(err.value)
