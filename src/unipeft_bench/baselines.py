@@ -69,12 +69,12 @@ def scores(task: str, root: Path, romanian: bool = False) -> dict[str, float] | 
         return metrics.rouge(predicted["test"], references(task, root, data))
     if task == "translation":
         refs = references(task, root, data)
+        scores = {"bleu": metrics.bleu(predicted["test"], refs)["bleu"]}
         if romanian:
             from .romanian import paper_bleu
 
-            return {"bleu": metrics.bleu(predicted["test"], refs)["bleu"],
-                    "bleu_paper": paper_bleu(predicted["test"], refs)["bleu_paper"]}
-        return {"bleu": metrics.bleu(predicted["test"], refs)["bleu"]}
+            scores["bleu_paper"] = paper_bleu(predicted["test"], refs)["bleu_paper"]
+        return scores
     keys = {"test": "accuracy", "test_mismatched": "accuracy_mismatched"}
     return {keys[split]: round(100 * sum(p == y for p, y in zip(labels, data[split]["labels"], strict=True))
                                / len(labels), 2) for split, labels in predicted.items()}
