@@ -41,8 +41,16 @@ BAD = [
     ("task", "sentimnt", "params.yaml task: unknown task 'sentimnt'; known: summarization, translation, nli, "
                          "sentiment"),
     ("seed", "42", "params.yaml seed: expected an integer, got '42'"),
-    ("grid.seeds", ["42"], "params.yaml grid.seeds: expected a list of integers"),
-    ("grid.seeds", 42, "params.yaml grid.seeds: expected a list of integers"),
+    ("grid.seeds", ["42"], "params.yaml grid.seeds: expected a non-empty list of integers"),
+    ("grid.seeds", 42, "params.yaml grid.seeds: expected a non-empty list of integers"),
+    ("grid.seeds", [], "params.yaml grid.seeds: expected a non-empty list of integers, got []"),
+    ("grid.seeds", [7, 7], "params.yaml grid.seeds: [7, 7] repeats a seed"),
+    ("grid.runs", {}, "params.yaml grid.runs: expected a non-empty mapping of run names, got {}"),
+    ("grid.runs.lora.offline.attn_bn", 10 ** 12, "params.yaml grid.runs.lora.offline.attn_bn: expected a positive "
+                                                 "integer of at most 65,536"),
+    ("grid.runs.lora.offline.attn_bn", 4.5, "params.yaml grid.runs.lora.offline.attn_bn: expected a positive"),
+    ("grid.runs.prefix.offline.classification", {"attn_bn": 0},
+     "params.yaml grid.runs.prefix.offline.classification.attn_bn: expected a positive integer"),
     ("grid.generation", ["sumarization"], "params.yaml grid.generation: unknown task 'sumarization'"),
     ("grid.generation", ["nli"], "params.yaml grid.generation: 'nli' is a classification task"),
     ("grid.classification", ["translation"], "params.yaml grid.classification: 'translation' is a seq2seq task"),
@@ -52,7 +60,13 @@ BAD = [
     ("grid.runs.full.offline", {"attn_bn": 4}, "params.yaml grid.runs.full:"),
     ("grid.runs.baseline", {"method": "lora"}, "params.yaml grid.runs.baseline: the name is reserved"),
     ("method", "lorra", "params.yaml method:"),
-    ("budget", {"rank": 4}, "params.yaml budget: unknown key 'rank'"),
+    ("budget", {"rank": 4}, "params.yaml budget.rank: not a known key"),
+    ("budget.attn_bn", -3, "params.yaml budget.attn_bn: expected a positive integer of at most 65,536 (prefix length l or rank r), got -3"),
+    ("budget.ffn_bn", 0, "params.yaml budget.ffn_bn: expected a positive integer"),
+    ("budget.attn_bn", [4, 8], "params.yaml budget.attn_bn: expected a positive integer"),
+    ("budget.attn_bn", 1e12, "params.yaml budget.attn_bn: expected a positive integer"),
+    ("budget.scale", "abc", "params.yaml budget.scale: expected a positive number or 'learned', got 'abc'"),
+    ("model", "models/no_such_model", "params.yaml model: no model directory 'models/no_such_model'"),
     ("model", "bert-base-uncased", "params.yaml model: 'bert-base-uncased' is a Hub name"),
     ("models.offline.sentiment", "FacebookAI/roberta-base", "params.yaml models.offline.sentiment: "
                                                             "'FacebookAI/roberta-base' is a Hub name"),
@@ -62,12 +76,44 @@ BAD = [
     ("evaluate.offline.summarization.generation", DELETE,
      "params.yaml: missing key 'evaluate.offline.summarization.generation'"),
     ("data.sentiment.test_fraction", DELETE, "params.yaml: missing key 'data.sentiment.test_fraction'"),
-    ("data.summarization", DELETE, "params.yaml: missing key 'data.summarization.validation_fraction'"),
+    ("data.summarization", DELETE, "params.yaml: missing key 'data.summarization'"),
+    ("data.sentiment.validation_fraction", 1.5, "params.yaml data.sentiment.validation_fraction: expected a "
+                                                "fraction in (0, 1), got 1.5"),
+    ("data.sentiment.validation_fraction", 0.95, "params.yaml data.sentiment: the held-out fractions add up to 1.05"),
+    ("evaluate.offline.sentiment.batch_size", 0, "params.yaml evaluate.offline.sentiment.batch_size: expected a "
+                                                 "positive integer, got 0"),
+    ("evaluate.offline.sentiment.bf16", "yes please", "params.yaml evaluate.offline.sentiment.bf16: expected true "
+                                                      "or false"),
+    ("evaluate.offline.sentiment.generation", {"num_beams": 1}, "params.yaml evaluate.offline.sentiment.generation: "
+                                                                "sentiment is a classification task"),
+    ("evaluate.offline.summarization.generation.num_beams", 0,
+     "params.yaml evaluate.offline.summarization.generation.num_beams: expected a positive integer, got 0"),
+    ("evaluate.offline.summarization.generation.beams", 4,
+     "params.yaml evaluate.offline.summarization.generation.beams: not a known key"),
+    ("evaluate.offline.summarization.beam_size", 4, "params.yaml evaluate.offline.summarization.beam_size: not a "
+                                                    "known key"),
+    ("tokenize.offline.summarization.source", 0, "params.yaml tokenize.offline.summarization.source: expected a "
+                                                 "positive integer, got 0"),
+    ("tokenize.offline.sentiment.limit", {"train": -1}, "params.yaml tokenize.offline.sentiment.limit.train: "
+                                                        "expected a positive integer"),
+    ("tokenize.offline.sentiment.max_length", 64, "params.yaml tokenize.offline.sentiment.max_length: not a known"),
     ("train.offline.sentiment.select", DELETE, "params.yaml train.offline.sentiment: missing key 'select'"),
     ("train.offline.summarization.steps", 0, "params.yaml train.offline.summarization.steps: expected a positive"),
     ("train.offline.sentiment.learning_rate", "1e-3", "params.yaml train.offline.sentiment.learning_rate:"),
     ("train.offline.sentiment.by_method", {"full": {"lr": 1}},
      "params.yaml train.offline.sentiment.by_method.full.lr"),
+    ("train.offline.sentiment.label_smoothing", "high", "params.yaml train.offline.sentiment.label_smoothing: "
+                                                        "expected a number in [0, 1), got 'high'"),
+    ("train.offline.sentiment.adam_beta2", 1.5, "params.yaml train.offline.sentiment.adam_beta2: expected a number "
+                                                "in (0, 1), got 1.5"),
+    ("train.offline.sentiment.bf16", "yes please", "params.yaml train.offline.sentiment.bf16: expected true or false"),
+    ("train.offline.sentiment.model_config", {"hidden_dropout_prob": 2.0},
+     "params.yaml train.offline.sentiment.model_config.hidden_dropout_prob: expected a probability in [0, 1], got 2.0"),
+    ("train.offline.sentiment.select", "f1", "params.yaml train.offline.sentiment.select: unknown 'f1'"),
+    ("train.offline.sentiment.learning_rat", 1.0e-3, "params.yaml train.offline.sentiment.learning_rat: not a train "
+                                                     "setting"),
+    ("train.offline.summarization.validation_generation", {"num_beams": 0},
+     "params.yaml train.offline.summarization.validation_generation.num_beams: expected a positive integer"),
     ("train.offline.nli", DELETE, None),  # not in the default grid: no refusal
 ]
 

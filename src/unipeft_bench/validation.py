@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import io, prompts, runs
+from . import io, prompts, runs, schema
 from .errors import DataError
 from .gguf_backbone import GGUF_MODELS
 from .parts import check_parts
 from .models import PACKAGED
 from .tasks import TASKS, task as get_task
-from .training import check_settings, resolved_settings
+from .training import OVERRIDES, SELECTIONS, SETTING_RULES, TRAIN_KEYS, check_settings, resolved_settings
 
 PROFILES = ("offline", "real")
 KINDS = {"generation": "seq2seq", "classification": "classification"}
@@ -31,13 +31,17 @@ def _integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_model(name, key: str, profile: str) -> None:
+def _check_model(name, key: str, profile: str, built: str) -> None:
+    """A model name: packaged, a Hub name (real profile), or a local directory that exists or that the
+    llm_backbone stage builds (`built`)."""
     if not isinstance(name, str) or not name:
         raise DataError(f"params.yaml {key}: expected a model name, got {name!r}")
     local = name.startswith(("models/", "./", "../", "/"))
     if profile == "offline" and not local and name not in PACKAGED:
         raise DataError(f"params.yaml {key}: {name!r} is a Hub name, which the offline profile cannot reach; "
                         f"expected a local directory or one of {', '.join(PACKAGED)}")
+    if local and Path(name) != Path(built) and not Path(name).is_dir():
+        raise DataError(f"params.yaml {key}: no model directory {name!r} (the llm_backbone stage builds {built})")
 
 
 def _encoder_decoder(name: str) -> bool | None:
@@ -75,25 +79,68 @@ def _check_prompt(params: dict, profile: str, name: str, model_keys: list[str]) 
                             "reads the source as it is; remove the prompt")
 
 
-def _check_task(params: dict, profile: str, name: str, model_keys: list[str]) -> None:
+def _check_task(params: dict, profile: str, name: str, model_keys: list[str], built: str) -> None:
     _check_prompt(params, profile, name, model_keys)
+    options = schema.check(io.need(params, f"tokenize.{profile}.{name}"), schema.TOKENIZE, f"tokenize.{profile}.{name}")
+    for split, count in (options.get("limit") or {}).items():
+        schema.check({split: count}, {split: schema.POSITIVE_INT}, f"tokenize.{profile}.{name}.limit")
     if profile == "offline":
-        for key in DATA_KEYS[name]:
-            io.need(params, f"data.{name}.{key}")
-    _check_model(io.need(params, f"models.{profile}.{name}"), f"models.{profile}.{name}", profile)
-    settings = io.need(params, f"evaluate.{profile}.{name}")
-    if not isinstance(settings, dict):
-        raise DataError(f"params.yaml evaluate.{profile}.{name}: expected a mapping")
-    io.need(params, f"evaluate.{profile}.{name}.batch_size")
+        _check_data(params, name)
+    _check_model(io.need(params, f"models.{profile}.{name}"), f"models.{profile}.{name}", profile, built)
+    where = f"evaluate.{profile}.{name}"
+    settings = schema.check(io.need(params, where), schema.EVALUATE, where)
+    io.need(params, f"{where}.batch_size")
     if get_task(name).kind == "seq2seq":
-        io.need(params, f"evaluate.{profile}.{name}.generation")
-    if not isinstance(io.need(params, f"train.{profile}.{name}"), dict):
-        raise DataError(f"params.yaml train.{profile}.{name}: expected a mapping")
+        schema.check(io.need(params, f"{where}.generation"), schema.GENERATION, f"{where}.generation")
+    elif "generation" in settings:
+        raise DataError(f"params.yaml {where}.generation: {name} is a classification task, which generates nothing")
+    where = f"train.{profile}.{name}"
+    settings = schema.check(io.need(params, where), {}, where, closed=False)
+    unknown = sorted(set(settings) - TRAIN_KEYS - set(SETTING_RULES) - set(OVERRIDES))
+    if unknown:
+        raise DataError(f"params.yaml {where}.{unknown[0]}: not a train setting; expected one of "
+                        f"{', '.join(sorted(TRAIN_KEYS | set(SETTING_RULES)))}")
+
+
+def _check_data(params: dict, name: str) -> None:
+    """data.<task>: the held-out fractions (each in (0, 1), together below 1) or books the prepare stage reads."""
+    options = io.need(params, f"data.{name}")
+    for key in DATA_KEYS[name]:
+        value = io.need(params, f"data.{name}.{key}")
+        if key.endswith("_books"):
+            if not value or not isinstance(value, list) or not all(isinstance(b, str) and b for b in value):
+                raise DataError(f"params.yaml data.{name}.{key}: expected a non-empty list of book names, got {value!r}")
+        else:
+            schema.check({key: value}, {key: (schema.open_fraction, "a fraction in (0, 1)")}, f"data.{name}")
+    fractions = [options[key] for key in DATA_KEYS[name] if key.endswith("_fraction")]
+    if sum(fractions) >= 1:
+        raise DataError(f"params.yaml data.{name}: the held-out fractions add up to {sum(fractions):g}, "
+                        "leaving no training split")
 
 
 def _check_run(params: dict, run: runs.Run) -> None:
-    settings = dict(io.need(params, f"train.{run.profile}.{run.task}"))
-    check_settings(resolved_settings(settings, run), run)
+    where = f"train.{run.profile}.{run.task}"
+    settings = check_settings(resolved_settings(dict(io.need(params, where)), run), run)
+    schema.check(settings, schema.TRAIN, where, closed=False)
+    if settings["select"] not in SELECTIONS:
+        raise DataError(f"params.yaml {where}.select: unknown {settings['select']!r}; expected one of "
+                        f"{', '.join(SELECTIONS)}")
+    if "model_config" in settings:
+        schema.check_model_config(settings["model_config"], f"{where}.model_config")
+    if "validation_generation" in settings:
+        schema.check(settings["validation_generation"], schema.GENERATION, f"{where}.validation_generation")
+
+
+def _check_grid_budgets(grid_runs: dict) -> None:
+    """Each grid run's sizes, per profile and for classification, named by their params.yaml key."""
+    for name, spec in grid_runs.items():
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise DataError(f"params.yaml grid.runs.{name}: expected a mapping with a 'method'")
+        for profile in PROFILES:
+            sizes = spec.get(profile) or {}
+            where = f"grid.runs.{name}.{profile}"
+            schema.check(sizes, schema.BUDGET, where, closed=False)
+            schema.check(sizes.get("classification") or {}, schema.BUDGET, f"{where}.classification")
 
 
 def validate(params: dict) -> dict:
@@ -107,11 +154,15 @@ def validate(params: dict) -> dict:
     if not _integer(io.need(params, "seed")):
         raise DataError(f"params.yaml seed: expected an integer, got {params['seed']!r}")
     seeds = io.need(params, "grid.seeds")
-    if not isinstance(seeds, list) or not all(_integer(s) for s in seeds):
-        raise DataError(f"params.yaml grid.seeds: expected a list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(_integer(s) for s in seeds):
+        raise DataError(f"params.yaml grid.seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) < len(seeds):  # one seed twice would train twice under one name
+        raise DataError(f"params.yaml grid.seeds: {seeds!r} repeats a seed")
     grid_runs = io.need(params, "grid.runs")
-    if not isinstance(grid_runs, dict):
-        raise DataError("params.yaml grid.runs: expected a mapping of run names")
+    if not isinstance(grid_runs, dict) or not grid_runs:
+        raise DataError(f"params.yaml grid.runs: expected a non-empty mapping of run names, got {grid_runs!r}")
+    _check_grid_budgets(grid_runs)
+    schema.check(io.need(params, "budget"), schema.BUDGET, "budget")
     if "baseline" in grid_runs:  # the tables' name for each task's trivial baseline (src/unipeft_bench/baselines.py)
         raise DataError("params.yaml grid.runs.baseline: the name is reserved for the tables' trivial baseline row")
     check_parts(params["grid"])
@@ -131,13 +182,14 @@ def validate(params: dict) -> dict:
     if llm not in GGUF_MODELS:
         raise DataError(f"params.yaml llm_backbone.model: unknown packaged model {llm!r}; known: "
                         f"{', '.join(GGUF_MODELS)}")
+    built = f"models/{llm}"
     model = io.need(params, "model")
     if model != "auto":
-        _check_model(model, "model", profile)
+        _check_model(model, "model", profile, built)
     for task in dict.fromkeys([name, *grid_tasks]):
         experiment_model = ["model"] if task == name and model != "auto" else []
         grid_model = [f"models.{profile}.{task}"] if task in grid_tasks or not experiment_model else []
-        _check_task(params, profile, task, grid_model + experiment_model)
+        _check_task(params, profile, task, grid_model + experiment_model, built)
     _check_run(params, *runs.resolve(params, [runs.EXPERIMENT]))
     for task in grid_tasks:
         for run in grid_runs:
