@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from unipeft_bench import aggregation, io
-from unipeft_bench.errors import DataError
+from unipeft_bench.last_outputs import stage_failed
 
 
 def aggregate(params: dict, root: Path = Path(".")) -> list[str]:
@@ -57,9 +57,8 @@ def write_directories(outputs: dict[Path, str | bytes]) -> None:
 def main() -> int:
     try:
         report = aggregate(io.params())
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        return stage_failed(err)
     print("\n".join(report))
     return 0
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from unipeft_bench import aggregation, findings, io
-from unipeft_bench.errors import DataError
+from unipeft_bench.last_outputs import stage_failed
 
 VERDICTS = (findings.HOLDS, findings.CONTRADICTED, findings.INCONCLUSIVE, findings.NOT_RUN)
 NONE_RAN = "None ran in this grid: each claim's Evidence says what it needs (`-S grid=evidence` has it all)."
@@ -132,10 +132,9 @@ def build(params: dict, root: Path = Path(".")) -> tuple[dict[Path, str], list[s
 def main() -> int:
     try:
         outputs, report = build(io.params())
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    aggregation.write_outputs(outputs)
+        aggregation.write_outputs(outputs)
+    except (Exception, KeyboardInterrupt) as err:
+        return stage_failed(err)
     print("\n".join(report))
     return 0
 

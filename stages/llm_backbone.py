@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from unipeft_bench import io
-from unipeft_bench.errors import DataError
+from unipeft_bench.last_outputs import stage_failed
 from unipeft_bench.gguf_backbone import convert, locate
 from unipeft_bench.models import offline_environment
 
@@ -32,9 +32,8 @@ def main() -> int:
         locate(name)  # a missing or other-version package fails here, before the slow load
         with io.atomic_directory(out) as staging:
             provenance = convert(name, staging)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        return stage_failed(err)
     print(f"{out}: {provenance['architecture']}, {provenance['parameters']:,} parameters, from "
           f"{provenance['package']} {provenance['version']} ({provenance['file']}, sha256 {provenance['sha256'][:12]}…)")
     return 0

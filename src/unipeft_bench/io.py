@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DataError
+from .last_outputs import stage_failed
 
 
 def params(path: str | os.PathLike = "params.yaml") -> dict:
@@ -121,9 +122,8 @@ def run_task_stage(script: str, stage, argv: list[str]) -> int:
         return 2
     try:
         report = stage(argv[0], params())
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        return stage_failed(err)
     for split, numbers in report.items():
         print(f"{argv[0]} {split}: {numbers}")
     return 0

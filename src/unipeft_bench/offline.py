@@ -142,6 +142,8 @@ def rotten_tomatoes(wheel: Path, neutral_band: float = 0.5) -> list[dict]:
         seen.add(sentence.lower())
         out.append({"id": fields[0], "text": sentence, "text_pair": None, "label": int(score > 0),
                     "group": sentence.lower()})
+    if not out:
+        raise DataError(f"{wheel}:{member}: no snippets (an empty or header-only file)")
     return out
 
 

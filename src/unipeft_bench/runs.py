@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from . import io
 from .errors import DataError
+from .last_outputs import stage_failed
 from .models import offline_environment
 from .tasks import task as get_task
 
@@ -155,9 +156,8 @@ def stage_main(argv: list[str], section: str, work) -> int:
         where = f"{section}.{runs[0].profile}.{runs[0].task}"
         for run, result in each_run(work, runs, io.need(params, where), where):
             print(f"{run.slug}: {result}", flush=True)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        return stage_failed(err)
     return 0
 
 
