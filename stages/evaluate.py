@@ -79,6 +79,25 @@ def classify(model, dataset, tokenizer, batch_size: int) -> list[int]:
     return predicted
 
 
+def _design(method) -> tuple:  # not the whole form: a saved prefix is folded (its reparametrisation MLP merged)
+    return method.name, [(m.budget_side, m.size, m.scale) for m in method.modifications]
+
+
+def _sizes(method) -> str:
+    return ", ".join(dict.fromkeys(f"{m.budget_side}_bn={m.size}" for m in method.modifications)) or "-"
+
+
+def check_adapter_is_the_runs(saved, run: Run) -> None:
+    """The adapter in the run's folder is this run's method at this run's sizes: one copied from another run (or
+    left by an edit of params.yaml that DVC did not see) would otherwise be scored under this run's name."""
+    import unipeft
+
+    expected = unipeft.preset(run.method).with_budget(**run.budget)
+    if _design(saved) != _design(expected):
+        raise DataError(f"{run.adapter_dir}: holds an adapter of {saved.name!r} ({_sizes(saved)}), not this run's "
+                        f"{expected.name!r} ({_sizes(expected)}); rerun its train stage")
+
+
 def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
     """The run's metrics report, its predictions per split, and the tokenized dataset they are for."""
     import torch
@@ -91,16 +110,22 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
         raise DataError(f"{training_file}: not found; run the train stage")
     task = get_task(run.task)
     data_dir = Path("data/tokenized") / run.task
-    data = load_from_disk(str(data_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    if not (data_dir / "dataset_dict.json").is_file():
+        raise DataError(f"{data_dir}: not found; run the tokenize stage")
+    with io.reading(data_dir, "`dvc repro tokenize@<task>`"):
+        data = load_from_disk(str(data_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
     # The train stage's seed before the model: a task head that stayed frozen (train_head: false) is not in the
     # adapter, so it must be the same random initialisation again.
     set_seed(run.seed)
     model = load_base_model(run, tokenizer, {}, data_dir)
-    try:
-        attachment = unipeft.load(model, run.adapter_dir)
-    except unipeft.ConfigError as err:
-        raise DataError(str(err)) from None
+    with io.reading(run.adapter_dir, "the train stage"):
+        try:
+            attachment = unipeft.load(model, run.adapter_dir)
+        except unipeft.ConfigError as err:
+            raise DataError(str(err)) from None
+        training = json.loads(training_file.read_text())
+    check_adapter_is_the_runs(attachment.method, run)
     started = time.perf_counter()
     scores, untruncated, predictions, evaluation = {}, None, {}, {}
     # bf16 autocast: about twice as fast on a CPU with AVX-512 BF16 (benchmarks/cpu_step_costs.py)
@@ -125,7 +150,7 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
     report = {"task": run.task, "profile": run.profile, "run": run.name, "method": run.method, "seed": run.seed,
               "model": run.model, "budget": run.budget, "sizes": sizes, "scores": scores,
               **({"scores_untruncated": untruncated} if untruncated is not None else {}),
-              "params": attachment.counts().to_dict(), "training": json.loads(training_file.read_text()),
+              "params": attachment.counts().to_dict(), "training": training,
               "evaluation": {"split": "test", "examples": len(data["test"]),
                              **{f"examples_{split}": len(data[split]) for split in predictions if split != "test"},
                              **evaluation, "precision": "bf16 autocast" if settings.get("bf16") else "fp32",

@@ -45,6 +45,16 @@ def limits(options: dict, where: str) -> dict:
     return limit
 
 
+def _check_no_leak(ids: dict[str, dict[str, int]], folder: Path) -> None:
+    """No test id in the training or validation split (split id → record number). The offline prepare stage's
+    splits promise it; a real dataset numbers each split's ids from 0, so it is not checked there."""
+    for split in ("train", "validation"):
+        shared = [(number, i) for i, number in ids[split].items() if i in ids["test"]]
+        if shared:
+            number, i = min(shared)
+            raise DataError(f"{folder / f'{split}.jsonl'}: record {number} (id {i!r}) is also in the test split")
+
+
 def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     task = get_task(task_name)
     profile = io.need(params, "profile")
@@ -61,12 +71,15 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     missing = [s for s in SPLITS if s not in splits]
     if missing:
         raise DataError(f"{folder}: no {', '.join(f'{s}.jsonl' for s in missing)}; run the prepare stage")
-    prepared = {}
+    prepared, ids = {}, {}
     for split in splits:  # all of it checked before the tokenizer loads
         path = folder / f"{split}.jsonl"
         records = io.read_jsonl(path)
         check_records(task, records, str(path))
+        ids[split] = {record["id"]: number for number, record in enumerate(records, start=1)}
         prepared[split] = subsample(records, limit.get(split), options.get("seed", 0))
+    if profile == "offline":
+        _check_no_leak(ids, folder)
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 

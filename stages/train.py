@@ -85,8 +85,9 @@ def train(run: Run, settings: dict) -> dict:
     data_dir = Path("data/tokenized") / run.task
     if not (data_dir / "dataset_dict.json").is_file():
         raise DataError(f"{data_dir}: not found; run the tokenize stage")
-    data = load_from_disk(str(data_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    with io.reading(data_dir, "`dvc repro tokenize@<task>`"):
+        data = load_from_disk(str(data_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
     method = method_for(run, settings)
     set_seed(run.seed)  # before the model: a classification head starts from the run's seed (evaluate does the same)
     model = load_base_model(run, tokenizer, settings, data_dir)

