@@ -14,6 +14,7 @@ missing split, or a `limit` that would leave a split empty is refused in one lin
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 from unipeft_bench import io, prompts
@@ -43,6 +44,16 @@ def limits(options: dict, where: str) -> dict:
             raise DataError(f"params.yaml: {where}.limit.{split} must be a positive integer (or null for all), "
                             f"got {count!r}; an empty split cannot be trained or evaluated on")
     return limit
+
+
+def _check_unique_ids(used: list[dict], records: list[dict], path: Path) -> None:
+    """An evaluated example's id is its own: predictions, and the findings' pairing of two runs, go by id. (Training
+    examples are keyed by nothing; the Debian stand-in's training split repeats 11 package names.)"""
+    counts = Counter(record["id"] for record in used)
+    repeated = next((i for i, count in counts.items() if count > 1), None)
+    if repeated is not None:
+        first, second = [number for number, record in enumerate(records, start=1) if record["id"] == repeated][:2]
+        raise DataError(f"{path}: record {second} (id {repeated!r}): the same id as record {first}")
 
 
 def _check_no_leak(ids: dict[str, dict[str, int]], folder: Path) -> None:
@@ -76,8 +87,10 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
         path = folder / f"{split}.jsonl"
         records = io.read_jsonl(path)
         check_records(task, records, str(path))
-        ids[split] = {record["id"]: number for number, record in enumerate(records, start=1)}
         prepared[split] = subsample(records, limit.get(split), options.get("seed", 0))
+        if split != "train":
+            _check_unique_ids(prepared[split], records, folder / f"{split}.jsonl")
+        ids[split] = {record["id"]: number for number, record in enumerate(records, start=1)}
     if profile == "offline":
         _check_no_leak(ids, folder)
     from datasets import Dataset, DatasetDict

@@ -158,7 +158,7 @@ def check_records(task: Task, records: list[dict], where: str) -> None:
     if not records:
         raise DataError(f"{where}: empty split (no records)")
     texts = ("source", "target") if task.kind == "seq2seq" else ("text",)
-    first_record, seen = {}, {}
+    first_record = {}
     for number, record in enumerate(records, start=1):
         name = f"{where}: record {number} (id {record.get('id')!r})"
         missing = [f for f in task.fields if f not in record]
@@ -169,9 +169,6 @@ def check_records(task: Task, records: list[dict], where: str) -> None:
             raise DataError(f"{name} has field(s) {sorted(record)}, the first record {sorted(first_record)}")
         if not isinstance(record["id"], str) or not record["id"]:
             raise DataError(f"{name}: the id must be a non-empty string")
-        if record["id"] in seen:  # the findings pair two runs' predictions by id
-            raise DataError(f"{name}: the same id as record {seen[record['id']]}")
-        seen[record["id"]] = number
         wrong = [f for f in texts if not isinstance(record[f], str)]
         if task.kind == "classification" and not isinstance(record["text_pair"], (str, type(None))):
             wrong.append("text_pair")
