@@ -195,6 +195,22 @@ def test_a_peft_adapter_unipeft_cannot_express_is_refused_naming_the_file(tmp_pa
         unipeft.load(build("bart"), tmp_path)
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("lora_alpha", "16", "a positive number"), ("lora_alpha", 0, "a positive number"),
+    ("lora_dropout", 1.5, r"a number in \[0, 1\)"), ("alpha_pattern", {"q_proj": "x"}, "a mapping"),
+    ("use_rslora", "yes", "true or false"),
+])
+def test_a_peft_config_value_of_the_wrong_type_is_one_line_naming_file_and_key(tmp_path, key, value, expected):
+    import json
+
+    get_peft_model(build("bart"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(unipeft.ConfigError, match=rf"adapter_config\.json: {key} is .*; expected {expected}") as info:
+        unipeft.load(build("bart"), tmp_path)
+    assert "\n" not in str(info.value)
+
+
 # --- merge_and_unload ---------------------------------------------------------------------------------------------
 
 MERGE_CASES = [("lora", "bart"), ("lora", "roberta"), ("lora_ffn", "t5"), ("lora_ffn", "bert"),

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from transformers import BartConfig, BartForConditionalGeneration, OPTConfig, OPTForCausalLM
@@ -110,6 +111,19 @@ def test_command_line_prints_the_counts_as_json():
     assert {"paper", "trainable", "stored", "base_params", "paper_percent"} <= result.keys()
 
 
+@pytest.mark.parametrize("config, message", [
+    ('{"model_type": "bart", "d_model": ', "is not a valid JSON file"),
+    ('{"model_type": "nosuch"}', "model type `nosuch`"),
+    ("{}", "Should have a `model_type` key"),
+])
+def test_command_line_refuses_a_broken_or_unknown_config_in_one_line(tmp_path, config, message):
+    (tmp_path / "config.json").write_text(config)
+    done = subprocess.run([sys.executable, "-m", "unipeft", "params", "--model", str(tmp_path), "--method", "lora"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: --model {tmp_path}: not a model configuration") and message in done.stderr
+
+
 BAD_INPUT = [
     ("unknown preset", lambda: unipeft.attach(build("bart"), "houlsbee"), "unknown preset 'houlsbee'"),
     ("r <= 0", lambda: unipeft.attach(build("bart"), "pa", ffn_bn=0), r"modifications\[0\]\.size"),
@@ -131,6 +145,8 @@ BAD_INPUT = [
         "pa"), "architecture 'opt' has no map"),
     ("attached twice", lambda: [unipeft.attach(m := build("bart"), "pa"), unipeft.attach(m, "lora")],
      "already attached"),
+    ("saved into a file", lambda: unipeft.save(unipeft.attach(build("bart"), "lora"), Path(__file__)),
+     "is a file; an adapter is saved into a folder"),
 ]
 
 

@@ -33,6 +33,18 @@ BIN = Path(sys.executable).parent
 TINY_LLAMA = "models/tiny-llama"
 
 
+# `dvc exp run -S` values the validate stage refuses before DVC removes any output (issue 22: each of these once
+# cost the workspace an output); the full table of bad values is tests/test_validate.py's
+BAD_SETTINGS = [
+    ("method=lorra", "method: unknown preset 'lorra'"),
+    ("budget.attn_bn=-3", "budget.attn_bn: expected a positive integer"),
+    ("model=models/no_such_model", "model: no model directory 'models/no_such_model'"),
+    ("train.offline.sentiment.select=f1", "train.offline.sentiment.select: unknown 'f1'"),
+    ("grid.runs={}", "grid.runs: expected a non-empty mapping"),
+    ("data.sentiment.validation_fraction=1.5", "data.sentiment.validation_fraction: expected a fraction in (0, 1)"),
+]
+
+
 def tiny_params() -> dict:
     params = composed()  # conf/ with its defaults, which params.yaml equals (tests/test_grids.py)
     params["models"]["offline"].update(summarization=TINY_LLAMA, translation=TINY_LLAMA)
@@ -157,12 +169,13 @@ def test_repro_then_one_experiment_then_metrics_diff(repo):
 
     # A bad value stops at the validate stage, in one line naming the key, before DVC removes any output
     # (issue 12)
-    adapter = repo / "experiment/adapter"
-    kept = sorted(p.name for p in adapter.iterdir())
-    failed = dvc_fails(repo, "exp", "run", "-S", "method=lorra")
-    assert "error: params.yaml method: unknown preset 'lorra'" in failed and "dvc checkout" in failed
-    assert "Running stage 'exp_train'" not in failed
-    assert sorted(p.name for p in adapter.iterdir()) == kept
+    kept = {path: sorted(p.name for p in (repo / path).iterdir())
+            for path in ("experiment/adapter", "experiment/train/plots/metrics", "results/tables", "results/plots")}
+    for setting, message in BAD_SETTINGS:
+        failed = dvc_fails(repo, "exp", "run", "-S", setting)
+        assert f"error: params.yaml {message}" in failed and "dvc checkout" in failed, (setting, failed[-2000:])
+        assert "Running stage 'exp_train'" not in failed and "Running stage 'aggregate'" not in failed, setting
+        assert {path: sorted(p.name for p in (repo / path).iterdir()) for path in kept} == kept, setting
 
     # One of the paper's grids, two of its runs (Hydra's ~ deletes the others), its tables beside the default's
     dropped = [f"~grid.runs.{run}" for run in ("lora_ffn-102", "pa-512", "scaled_pa-512")]

@@ -41,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         from .attachment import attach
         from .models import build_without_weights
 
-        counts = attach(build_without_weights(args.model), method).counts()
+        try:
+            model = build_without_weights(args.model)
+        except ConfigError:
+            raise
+        except (OSError, ValueError, KeyError) as err:  # transformers' errors for an unreadable or unknown config
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"--model {args.model}: not a model configuration transformers can build ({detail})")
+        counts = attach(model, method).counts()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

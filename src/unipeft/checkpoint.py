@@ -67,6 +67,8 @@ def save(attachment: Attachment, directory: str | os.PathLike, *, fold: bool = T
     `fold=False` keeps prefix MLPs as they train (what a resumable training checkpoint needs); the default stores
     the vectors they produce, which is all inference needs."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory}: is a file; an adapter is saved into a folder (two files)")
     directory.mkdir(parents=True, exist_ok=True)
     if _legacy_kind(directory) == "peft":  # our weights would replace the ones its config describes
         raise ConfigError(f"{directory / LEGACY_CONFIG}: this folder holds a peft adapter; save the unipeft adapter "

@@ -190,6 +190,22 @@ def _pattern_value(patterns: dict, name: str, default):
     return default
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+# adapter_config.json values read as numbers or flags, checked before use (a text lora_alpha would be a TypeError)
+_VALUES = {
+    "lora_alpha": (_positive, "a positive number"),
+    "lora_dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                     "a number in [0, 1)"),
+    "alpha_pattern": (lambda v: isinstance(v, dict) and all(map(_positive, v.values())),
+                      "a mapping of module names to positive numbers"),
+    "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
+    "fan_in_fan_out": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
 def load_peft(model: nn.Module, directory: str | os.PathLike) -> Attachment:
     """Attach a peft LoRA adapter (adapter_config.json + adapter_model.safetensors) to `model` as the equivalent
     unipeft method, with the outputs PeftModel gives; what unipeft cannot express is refused in one line."""
@@ -209,6 +225,9 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> Attachment:
             raise ConfigError(f"{path}: {key} is set; unipeft has no equivalent of it")
     if config.get("bias", "none") != "none":
         raise ConfigError(f"{path}: bias is {config['bias']!r}; unipeft reads LoRA adapters with bias 'none' only")
+    for key, (valid, expected) in _VALUES.items():
+        if config.get(key) is not None and not valid(config[key]):
+            raise ConfigError(f"{path}: {key} is {config[key]!r}; expected {expected}")
     if not weights.is_file():
         raise ConfigError(f"{weights}: not found (unipeft reads safetensors adapters only)")
     try:
