@@ -148,6 +148,18 @@ def test_the_stage_command_reports_a_bad_run_in_one_line_and_writes_nothing(tmp_
     assert capsys.readouterr().err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+def test_the_evaluate_stage_run_by_hand_checks_its_section_as_the_validate_stage_does(tmp_path, monkeypatch,
+                                                                                      capsys):
+    from unipeft_bench.runs import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    evaluate = {"offline": {"sentiment": {"batch_size": 0}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "evaluate": evaluate}))
+    assert stage_main(["sentiment", "mam"], "evaluate", lambda run, settings: pytest.fail("must not run")) == 1
+    assert capsys.readouterr().err == ("error: params.yaml evaluate.offline.sentiment.batch_size: expected a positive "
+                                       "integer, got 0\n")
+
+
 def test_the_stage_command_works_through_the_grids_seeds_in_one_process_and_stops_at_the_first_error(
         tmp_path, monkeypatch, capsys):
     from unipeft_bench.runs import stage_main

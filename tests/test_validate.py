@@ -85,7 +85,7 @@ BAD = [
     ("evaluate.offline.sentiment.bf16", "yes please", "params.yaml evaluate.offline.sentiment.bf16: expected true "
                                                       "or false"),
     ("evaluate.offline.sentiment.generation", {"num_beams": 1}, "params.yaml evaluate.offline.sentiment.generation: "
-                                                                "sentiment is a classification task"),
+                                                                "a classification task generates nothing"),
     ("evaluate.offline.summarization.generation.num_beams", 0,
      "params.yaml evaluate.offline.summarization.generation.num_beams: expected a positive integer, got 0"),
     ("evaluate.offline.summarization.generation.beams", 4,

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from . import io
+from . import io, schema
 from .errors import DataError
 from .last_outputs import stage_failed
 from .models import offline_environment
@@ -154,7 +154,10 @@ def stage_main(argv: list[str], section: str, work) -> int:
         if runs[0].profile == "offline":
             offline_environment()
         where = f"{section}.{runs[0].profile}.{runs[0].task}"
-        for run, result in each_run(work, runs, io.need(params, where), where):
+        settings = io.need(params, where)
+        if section == "evaluate":  # as the validate stage checks it, for a stage run by hand
+            schema.check_evaluate(settings, where, get_task(runs[0].task).kind == "seq2seq")
+        for run, result in each_run(work, runs, settings, where):
             print(f"{run.slug}: {result}", flush=True)
     except (Exception, KeyboardInterrupt) as err:
         return stage_failed(err)

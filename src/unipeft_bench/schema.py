@@ -136,3 +136,17 @@ def check_model_config(values, where: str) -> None:
     for key, value in values.items():
         if "dropout" in key or key.endswith("_prob"):
             check({key: value}, {key: (probability, "a probability in [0, 1]")}, where)
+
+
+def check_evaluate(settings, where: str, generates: bool) -> dict:
+    """evaluate.<profile>.<task>, as the validate stage and the evaluate stage (run by hand too) both check it."""
+    check(settings, EVALUATE, where)
+    if "batch_size" not in settings:
+        raise DataError(f"params.yaml: missing key '{where}.batch_size'")
+    if generates:
+        if "generation" not in settings:
+            raise DataError(f"params.yaml: missing key '{where}.generation'")
+        check(settings["generation"], GENERATION, f"{where}.generation")
+    elif "generation" in settings:
+        raise DataError(f"params.yaml {where}.generation: a classification task generates nothing")
+    return settings

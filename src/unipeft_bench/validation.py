@@ -88,12 +88,7 @@ def _check_task(params: dict, profile: str, name: str, model_keys: list[str], bu
         _check_data(params, name)
     _check_model(io.need(params, f"models.{profile}.{name}"), f"models.{profile}.{name}", profile, built)
     where = f"evaluate.{profile}.{name}"
-    settings = schema.check(io.need(params, where), schema.EVALUATE, where)
-    io.need(params, f"{where}.batch_size")
-    if get_task(name).kind == "seq2seq":
-        schema.check(io.need(params, f"{where}.generation"), schema.GENERATION, f"{where}.generation")
-    elif "generation" in settings:
-        raise DataError(f"params.yaml {where}.generation: {name} is a classification task, which generates nothing")
+    schema.check_evaluate(io.need(params, where), where, get_task(name).kind == "seq2seq")
     where = f"train.{profile}.{name}"
     settings = schema.check(io.need(params, where), {}, where, closed=False)
     unknown = sorted(set(settings) - TRAIN_KEYS - set(SETTING_RULES) - set(OVERRIDES))
