@@ -154,6 +154,38 @@ def test_a_part_lists_its_runs_train_and_evaluate_stages(monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines()[0] == "1: full pa-200 sa_ffn-200 pa_attn-200 sa_attn-200 sa_ffn-1024"
 
 
+def test_a_part_saved_from_one_workspace_restores_into_another(tmp_path):
+    """--save copies what aggregate and findings read (predictions, test metrics, curves) and the part's dvc.lock
+    entries; --restore brings every saved part back; a part not run yet is refused with nothing saved."""
+    import yaml
+
+    from unipeft_bench import parts
+
+    grid = composed("grid=evidence_generation")["grid"]
+    clone, saved, fresh = tmp_path / "clone", tmp_path / "saved", tmp_path / "fresh"
+    lock = {}
+    for run in grid["parts"]["1"]:
+        for path, text in ((f"predictions/summarization/{run}/seed42.jsonl", f'{{"id": "{run}"}}\n'),
+                           (f"metrics/summarization/{run}/seed42.json", "{}\n"),
+                           (f"metrics/train/summarization/{run}/seed42/plots/metrics/eval/rouge2.tsv", "step\n")):
+            (clone / path).parent.mkdir(parents=True, exist_ok=True)
+            (clone / path).write_text(text)
+        lock[f"train_generation@summarization-{run}"] = {"cmd": f"train {run}"}
+    lock["aggregate"] = {"cmd": "aggregate"}
+    (clone / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}))
+    with pytest.raises(DataError, match="part '2': no predictions/summarization/pa-512 here; run the part first"):
+        parts.save(grid, "2", saved, clone)
+    assert not saved.exists()
+    assert len(parts.save(grid, "1", saved, clone)) == 3 * len(grid["parts"]["1"])
+    assert set(yaml.safe_load((saved / "dvc-lock.yaml").read_text())) == {
+        f"train_generation@summarization-{run}" for run in grid["parts"]["1"]}  # the part's stages only
+    restored = parts.restore(saved, fresh)
+    assert len(restored) == 3 * len(grid["parts"]["1"])
+    assert all((fresh / p).read_bytes() == (clone / p).read_bytes() for p in restored)
+    with pytest.raises(DataError, match="no saved results"):
+        parts.restore(tmp_path / "nothing", fresh)
+
+
 def test_a_run_name_means_the_same_run_in_every_grid():
     """runs/<task>/<run>/seed<seed> and its metrics are shared by every grid that names the run."""
     seen: dict[str, tuple[str, dict]] = {}

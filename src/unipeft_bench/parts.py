@@ -4,6 +4,13 @@ dvc.lock); once every part has run, `aggregate` and `findings` read them all.
 
     python -m unipeft_bench.parts <grid> <part>     # the part's stage names, one line (for $(...))
     python -m unipeft_bench.parts <grid>            # every part and its runs
+    python -m unipeft_bench.parts <grid> <part> --save DIR   # the part's results (in git) copied to DIR
+    python -m unipeft_bench.parts <grid> --restore DIR       # every saved part's results back into the workspace
+
+--save and --restore carry a part's results between workspaces through git: a part run in its own clone
+(session, machine) is saved under results/<grid>/ in the main branch, where the tables and findings of the whole
+grid can be made in any clone once every part is there. They copy what the aggregate and findings stages read
+(each run's predictions, test metrics and training curves) and the part's dvc.lock entries (provenance).
 
 The grid is composed from conf/ as `dvc exp run -S grid=<grid>` composes it (conf/grid/<grid>.yaml, `grid.parts`).
 """
@@ -59,16 +66,75 @@ def stages(grid: dict, part: str) -> list[str]:
             for step in ("train", "evaluate")]
 
 
+def _result_paths(grid: dict, runs: list[str]) -> list[Path]:
+    tasks = [task for kind in ("generation", "classification") for task in grid.get(kind) or []]
+    return [Path(root) / task / run for task in tasks for run in runs
+            for root in ("predictions", "metrics", "metrics/train")]
+
+
+def save(grid: dict, part: str, target: Path, root: Path = Path(".")) -> list[Path]:
+    """Copy the part's results and dvc.lock entries from the workspace `root` into `target`; refused, with nothing
+    copied, if a run of the part has no results yet."""
+    import shutil
+
+    import yaml
+
+    runs = check_parts(grid, f"grid {grid.get('name')!r} parts").get(part)
+    if runs is None:
+        raise DataError(f"grid {grid.get('name')!r}: no part {part!r}")
+    paths = _result_paths(grid, runs)
+    missing = [str(p) for p in paths if not (root / p).is_dir()]
+    if missing:
+        raise DataError(f"part {part!r}: no {missing[0]} here; run the part first")
+    lock_file = target / "dvc-lock.yaml"
+    entries = yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else {}
+    ran = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    entries.update({name: ran[name] for name in stages(grid, part) if name in ran})
+    for path in paths:
+        shutil.rmtree(target / path, ignore_errors=True)
+        shutil.copytree(root / path, target / path)
+    lock_file.write_text(yaml.safe_dump(dict(sorted(entries.items())), sort_keys=False))
+    return paths
+
+
+def restore(source: Path, root: Path = Path(".")) -> list[Path]:
+    """Every saved part's results copied from `source` into the workspace `root` (what --save wrote)."""
+    import shutil
+
+    copied = []
+    for top in ("predictions", "metrics"):
+        for path in sorted((source / top).rglob("*")) if (source / top).is_dir() else []:
+            if path.is_file():
+                relative = path.relative_to(source)
+                (root / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, root / relative)
+                copied.append(relative)
+    if not copied:
+        raise DataError(f"{source}: no saved results (predictions/, metrics/); save a part with --save first")
+    return copied
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 2):
-        print("usage: python -m unipeft_bench.parts <grid> [<part>]", file=sys.stderr)
-        return 2
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m unipeft_bench.parts")
+    parser.add_argument("grid")
+    parser.add_argument("part", nargs="?")
+    parser.add_argument("--save", type=Path, metavar="DIR", help="copy the part's results into DIR")
+    parser.add_argument("--restore", type=Path, metavar="DIR", help="copy every saved part's results back")
+    args = parser.parse_args(argv)
     try:
-        grid = composed_grid(argv[0])
-        if len(argv) == 2:
-            print(" ".join(stages(grid, argv[1])))
+        grid = composed_grid(args.grid)
+        if args.save and args.part:
+            print(f"part {args.part}: {len(save(grid, args.part, args.save))} result folders saved in {args.save}")
+        elif args.restore and not args.part:
+            print(f"{len(restore(args.restore))} result files restored from {args.restore}")
+        elif args.save or args.restore:
+            parser.error("--save takes a part, --restore none")
+        elif args.part:
+            print(" ".join(stages(grid, args.part)))
         else:
-            for name, runs in check_parts(grid, f"grid {argv[0]!r} parts").items():
+            for name, runs in check_parts(grid, f"grid {args.grid!r} parts").items():
                 print(f"{name}: {' '.join(runs)}")
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
