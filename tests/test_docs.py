@@ -3,8 +3,8 @@
 Every relative link (and `#anchor`, as GitHub slugs headings) resolves; the README stays a front door (at most
 220 lines); its library example runs, on a tiny random BART in place of BART-large (no download), with the count it
 prints checked on BART-large built without weights; every `dvc exp run` names params keys, grids, presets and
-stages that exist; every `python -m`, `python benchmarks/...`, `bash ....sh` and every repository file named in
-backticks exists. Each check is a table over what the pages contain, so a page that gains a command gains a row.
+stages that exist; every `python -m`, `python benchmarks/...`, `bash ....sh`, every repository file and every test
+function named in backticks exists. Each check is a table over what the pages contain, so a page that gains a command gains a row.
 """
 
 from __future__ import annotations
@@ -154,6 +154,8 @@ PYTHON = sorted({(page, re.match(r"\S*python\s+(-m\s+[\w.]+|\S+\.py)", command).
 SCRIPTS = sorted({(page, command.split()[1]) for page, command in every_command(r"\bbash\s+\S+\.sh\b")})
 OVERRIDES = sorted({(rel(page), span) for page in PAGES for span in inline_code(split_code(page.read_text())[0])
                     if span.startswith("-S ") and "dvc exp run" not in span})
+TEST_NAMES = sorted({(rel(page), span) for page in PAGES for span in inline_code(split_code(page.read_text())[0])
+                     if re.fullmatch(r"test_\w+(\.\.\.)?", span)})
 FILES = sorted({(rel(page), span) for page in PAGES for span in inline_code(split_code(page.read_text())[0])
                 if span.startswith(TRACKED) and " " not in span and not PLACEHOLDER.search(span)})
 
@@ -209,7 +211,7 @@ def override_errors(override: str, config: dict) -> list[str]:
 
 def check_page_set():
     assert PAGES[1:], "docs/ has no pages"
-    assert EXP_RUNS and PYTHON and FILES, "the extraction found nothing: the pages or the parsing changed"
+    assert EXP_RUNS and PYTHON and FILES and TEST_NAMES, "the extraction found nothing: the pages or the parsing changed"
 
 
 # ---- the tests ----
@@ -296,6 +298,15 @@ def test_every_bash_script_exists(page, script):
 @pytest.mark.parametrize("page, path", FILES, ids=lambda value: str(value))
 def test_every_repository_file_named_in_backticks_exists(page, path):
     assert (ROOT / path.rstrip("/")).exists(), f"{page}: `{path}`: no such file or folder"
+
+
+@pytest.mark.parametrize("page, name", TEST_NAMES, ids=lambda value: str(value))
+def test_every_test_named_exists(page, name):
+    """A guarantee's proof named by its test function (`test_...`, or its first words and `...`)."""
+    prefix = name.removesuffix("...")
+    pattern = re.compile(rf"^\s*def {re.escape(prefix)}{'' if name.endswith('...') else '[(]'}", flags=re.M)
+    assert any(pattern.search(path.read_text()) for path in (ROOT / "tests").glob("test_*.py")), \
+        f"{page}: `{name}`: no such test function in tests/"
 
 
 # ---- the library example ----
