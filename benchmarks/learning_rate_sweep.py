@@ -9,7 +9,7 @@ Trains each method × rate × seed with the train stage's own code and train.<pr
 steps and the rate replaced, validation halfway and at the end unless --set says otherwise), prints one line each
 (with the best step's score: a run that collapsed to one class shows the majority class's share), and deletes
 what it trained; with seeds_in_parallel (in the settings or --set) the seeds train at once. This is how the
-offline grids' rates were chosen (README); the scores are validation scores.
+offline grids' rates were chosen (docs/evidence.md); the scores are validation scores.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Trains with the train stage's own code and train.<profile>.<task> from params.ya
 evaluates with the evaluate stage's code and evaluate.<profile>.<task>, scores the trivial baseline
 (src/unipeft_bench/baselines.py) on the same test examples, prints both and writes them to
 benchmarks/results/stand_in_<task>_<method>_<steps>_steps_<rate>.json; what it trained is deleted. This is how SmolLM2 was
-checked on translation before the pipeline took it as that task's offline model (README, Data and models).
+checked on translation before the pipeline took it as that task's offline model (docs/data-and-models.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The train stage under `torchrun --nproc_per_node 2` on CPU (gloo), as the README documents for several GPUs:
+"""The train stage under `torchrun --nproc_per_node 2` on CPU (gloo), as docs/pipeline.md documents for several GPUs:
 it finishes, trains what one process trains on the same global batch, writes its outputs once (rank 0), and
 resumes after one of its processes is killed (issue 11, item 13).
 

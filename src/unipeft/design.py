@@ -169,7 +169,7 @@ class Method:
     name: str
     modifications: tuple[Modification, ...] = ()
     unfreeze: str = "none"  # none | bias (BitFit) | all (full fine-tuning)
-    train_head: bool = True  # a task head (classifier) trains; see README on the official code's quirk
+    train_head: bool = True  # a task head (classifier) trains; see docs/design-space.md on the official code's quirk
     notes: str = ""
 
     def __post_init__(self) -> None:

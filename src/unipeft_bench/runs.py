@@ -147,7 +147,7 @@ def stage_main(argv: list[str], section: str, work) -> int:
     <section>.<profile>.<task>, then `work(run, settings)` for each (each_run); a DataError is one line on stderr
     and exit status 1, and the runs after it are not started. Several seeds share one stage and one import:
     importing torch and transformers costs ~4.5 s a process, which over the evidence grid's 132 train and
-    evaluate stages was ~17 minutes (README, "Evidence")."""
+    evaluate stages was ~17 minutes (docs/evidence.md)."""
     try:
         params = io.params()
         runs = resolve(params, argv)
@@ -180,7 +180,7 @@ def _in_turn(work, runs: list[Run], settings: dict):
 def _in_parallel(work, runs: list[Run], settings: dict):
     """Each run in its own process, forked once torch and transformers are imported, the cores shared out as
     threads (at least one each): what one seed does not keep busy (loading, saving, evaluation) another fills.
-    On two cores a stage of three seeds took 0.91x as long as in turn (README, "The pipeline stages").
+    On two cores a stage of three seeds took 0.91x as long as in turn (docs/pipeline.md, "The pipeline stages").
     Every run starts; the first error in the runs' order is the one raised, once all have ended."""
     import multiprocessing
 
