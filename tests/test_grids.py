@@ -173,12 +173,14 @@ def test_a_part_saved_from_one_workspace_restores_into_another(tmp_path):
         lock[f"train_generation@summarization-{run}"] = {"cmd": f"train {run}"}
     lock["aggregate"] = {"cmd": "aggregate"}
     (clone / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}))
+    (clone / "params.yaml").write_text("grid: {name: evidence_generation}\n")
     with pytest.raises(DataError, match="part '2': no predictions/summarization/pa-512 here; run the part first"):
         parts.save(grid, "2", saved, clone)
     assert not saved.exists()
     assert len(parts.save(grid, "1", saved, clone)) == 3 * len(grid["parts"]["1"])
     assert set(yaml.safe_load((saved / "dvc-lock.yaml").read_text())) == {
         f"train_generation@summarization-{run}" for run in grid["parts"]["1"]}  # the part's stages only
+    assert (saved / "params.yaml").read_text() == (clone / "params.yaml").read_text()
     restored = parts.restore(saved, fresh)
     assert len(restored) == 3 * len(grid["parts"]["1"])
     assert all((fresh / p).read_bytes() == (clone / p).read_bytes() for p in restored)

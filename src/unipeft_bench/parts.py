@@ -10,7 +10,8 @@ dvc.lock); once every part has run, `aggregate` and `findings` read them all.
 --save and --restore carry a part's results between workspaces through git: a part run in its own clone
 (session, machine) is saved under results/<grid>/ in the main branch, where the tables and findings of the whole
 grid can be made in any clone once every part is there. They copy what the aggregate and findings stages read
-(each run's predictions, test metrics and training curves) and the part's dvc.lock entries (provenance).
+(each run's predictions, test metrics and training curves), the part's dvc.lock entries and params.yaml
+(provenance).
 
 The grid is composed from conf/ as `dvc exp run -S grid=<grid>` composes it (conf/grid/<grid>.yaml, `grid.parts`).
 """
@@ -94,6 +95,7 @@ def save(grid: dict, part: str, target: Path, root: Path = Path(".")) -> list[Pa
         shutil.rmtree(target / path, ignore_errors=True)
         shutil.copytree(root / path, target / path)
     lock_file.write_text(yaml.safe_dump(dict(sorted(entries.items())), sort_keys=False))
+    shutil.copyfile(root / "params.yaml", target / "params.yaml")  # the grid's composed settings
     return paths
 
 
