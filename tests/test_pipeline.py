@@ -40,7 +40,7 @@ BAD_SETTINGS = [
     ("budget.attn_bn=-3", "budget.attn_bn: expected a positive integer"),
     ("model=models/no_such_model", "model: no model directory 'models/no_such_model'"),
     ("train.offline.sentiment.select=f1", "train.offline.sentiment.select: unknown 'f1'"),
-    ("grid.runs={}", "grid.runs: expected a non-empty mapping"),
+    ("grid.seeds=[7,7]", "grid.seeds: [7, 7] repeats a seed"),
     ("data.sentiment.validation_fraction=1.5", "data.sentiment.validation_fraction: expected a fraction in (0, 1)"),
 ]
 
