@@ -22,8 +22,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import unipeft
 from unipeft_bench.models import resolve
 
-# The MH PA forms (docs/design-space.md, differences from the official code): the BART file's, the official mBART one with its
-# PyTorch-default prefix MLP, and the same with P_v = 0 at the start; then methods that train, for reference.
+# The MH PA forms (docs/design-space.md, differences from the official code): the BART file's, the official
+# mBART one with its PyTorch-default prefix MLP, and the same with P_v = 0 at the start; then methods that train,
+# for reference.
 DEFAULT_RUNS = ["mh_pa_bart:attn_bn=5@1e-3", "mh_pa:attn_bn=5@1e-3", "mh_pa:attn_bn=5@1e-2",
                 "mh_pa_lora_init:attn_bn=5@1e-3", "mh_pa_lora_init:attn_bn=5@1e-2", "mh_pa_lora_init:attn_bn=30@1e-3",
                 "pa:ffn_bn=16@5e-3", "prefix:attn_bn=5@1e-3"]

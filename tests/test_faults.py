@@ -150,7 +150,8 @@ def test_a_rerun_on_other_data_starts_over(sentiment_project, monkeypatch):
 
 def test_the_same_seed_trains_the_same_weights_and_another_seed_does_not(sentiment_project):
     """Determinism on one machine (the group_by_length batches of the pipeline included): the same run twice gives
-    equal tensors; across machines results move (docs/pipeline.md), which the evidence grid's seeds and intervals carry."""
+    equal tensors; across machines results move (docs/pipeline.md), which the evidence grid's seeds and intervals
+    carry."""
     from safetensors.torch import load_file
 
     from train import train

@@ -61,7 +61,8 @@ BAD = [
     ("grid.runs.baseline", {"method": "lora"}, "params.yaml grid.runs.baseline: the name is reserved"),
     ("method", "lorra", "params.yaml method:"),
     ("budget", {"rank": 4}, "params.yaml budget.rank: not a known key"),
-    ("budget.attn_bn", -3, "params.yaml budget.attn_bn: expected a positive integer of at most 65,536 (prefix length l or rank r), got -3"),
+    ("budget.attn_bn", -3, "params.yaml budget.attn_bn: expected a positive integer of at most 65,536 (prefix length l "
+                           "or rank r), got -3"),
     ("budget.ffn_bn", 0, "params.yaml budget.ffn_bn: expected a positive integer"),
     ("budget.attn_bn", [4, 8], "params.yaml budget.attn_bn: expected a positive integer"),
     ("budget.attn_bn", 1e12, "params.yaml budget.attn_bn: expected a positive integer"),
@@ -108,7 +109,8 @@ BAD = [
                                                 "in (0, 1), got 1.5"),
     ("train.offline.sentiment.bf16", "yes please", "params.yaml train.offline.sentiment.bf16: expected true or false"),
     ("train.offline.sentiment.model_config", {"hidden_dropout_prob": 2.0},
-     "params.yaml train.offline.sentiment.model_config.hidden_dropout_prob: expected a probability in [0, 1], got 2.0"),
+     "params.yaml train.offline.sentiment.model_config.hidden_dropout_prob: expected a probability in [0, 1], "
+     "got 2.0"),
     ("train.offline.sentiment.select", "f1", "params.yaml train.offline.sentiment.select: unknown 'f1'"),
     ("train.offline.sentiment.learning_rat", 1.0e-3, "params.yaml train.offline.sentiment.learning_rat: not a train "
                                                      "setting"),

@@ -81,9 +81,10 @@ def _check_prompt(params: dict, profile: str, name: str, model_keys: list[str]) 
 
 def _check_task(params: dict, profile: str, name: str, model_keys: list[str], built: str) -> None:
     _check_prompt(params, profile, name, model_keys)
-    options = schema.check(io.need(params, f"tokenize.{profile}.{name}"), schema.TOKENIZE, f"tokenize.{profile}.{name}")
+    where = f"tokenize.{profile}.{name}"
+    options = schema.check(io.need(params, where), schema.TOKENIZE, where)
     for split, count in (options.get("limit") or {}).items():
-        schema.check({split: count}, {split: schema.POSITIVE_INT}, f"tokenize.{profile}.{name}.limit")
+        schema.check({split: count}, {split: schema.POSITIVE_INT}, f"{where}.limit")
     if profile == "offline":
         _check_data(params, name)
     _check_model(io.need(params, f"models.{profile}.{name}"), f"models.{profile}.{name}", profile, built)
@@ -104,7 +105,8 @@ def _check_data(params: dict, name: str) -> None:
         value = io.need(params, f"data.{name}.{key}")
         if key.endswith("_books"):
             if not value or not isinstance(value, list) or not all(isinstance(b, str) and b for b in value):
-                raise DataError(f"params.yaml data.{name}.{key}: expected a non-empty list of book names, got {value!r}")
+                raise DataError(f"params.yaml data.{name}.{key}: expected a non-empty list of book names, "
+                                f"got {value!r}")
         else:
             schema.check({key: value}, {key: (schema.open_fraction, "a fraction in (0, 1)")}, f"data.{name}")
     fractions = [options[key] for key in DATA_KEYS[name] if key.endswith("_fraction")]
