@@ -25,7 +25,7 @@ from pathlib import Path
 from unipeft_bench import io, metrics
 from unipeft_bench.errors import DataError
 from unipeft_bench.generation import decode_labels, generate
-from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
+from unipeft_bench.runs import Run, exit_now, load_base_model, load_tokenized, stage_main
 from unipeft_bench.tasks import task as get_task
 
 PACKAGES = ("torch", "transformers", "datasets", "unipeft", "sacrebleu", "rouge-score", "dvc")
@@ -102,19 +102,13 @@ def evaluate(run: Run, settings: dict) -> tuple[dict, dict[str, list], dict]:
     """The run's metrics report, its predictions per split, and the tokenized dataset they are for."""
     import torch
     import unipeft
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
 
     training_file = run.adapter_dir / "training.json"
     if not training_file.is_file():
         raise DataError(f"{training_file}: not found; run the train stage")
     task = get_task(run.task)
-    data_dir = Path("data/tokenized") / run.task
-    if not (data_dir / "dataset_dict.json").is_file():
-        raise DataError(f"{data_dir}: not found; run the tokenize stage")
-    with io.reading(data_dir, "`dvc repro tokenize@<task>`"):
-        data = load_from_disk(str(data_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    data_dir, data, tokenizer = load_tokenized(run.task)
     # The train stage's seed before the model: a task head that stayed frozen (train_head: false) is not in the
     # adapter, so it must be the same random initialisation again.
     set_seed(run.seed)

@@ -89,7 +89,7 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
         check_records(task, records, str(path))
         prepared[split] = subsample(records, limit.get(split), options.get("seed", 0))
         if split != "train":
-            _check_unique_ids(prepared[split], records, folder / f"{split}.jsonl")
+            _check_unique_ids(prepared[split], records, path)
         ids[split] = {record["id"]: number for number, record in enumerate(records, start=1)}
     if profile == "offline":
         _check_no_leak(ids, folder)

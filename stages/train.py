@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from pathlib import Path
 
 from unipeft_bench import io
 from unipeft_bench.causal_lm import completion_trainer, training_collator
 from unipeft_bench.errors import DataError
-from unipeft_bench.runs import Run, exit_now, load_base_model, stage_main
+from unipeft_bench.runs import Run, exit_now, load_base_model, load_tokenized, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.models import resolve as resolve_model
 from unipeft_bench.training import (abandon_checkpoints, check_settings, compute_metrics_for, curves_logger,
@@ -74,20 +73,13 @@ def shortest_first(validation):
 def train(run: Run, settings: dict) -> dict:
     import torch
     import unipeft
-    from datasets import load_from_disk
-    from transformers import (AutoTokenizer, DataCollatorForSeq2Seq, DataCollatorWithPadding, Seq2SeqTrainer,
-                              Trainer, set_seed)
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, Seq2SeqTrainer, Trainer, set_seed
     from transformers.integrations import DVCLiveCallback
 
     # by_method and the rate tables applied: what this run trains with, refused here before anything is written
     settings = check_settings(resolved_settings(settings, run), run)
     task = get_task(run.task)
-    data_dir = Path("data/tokenized") / run.task
-    if not (data_dir / "dataset_dict.json").is_file():
-        raise DataError(f"{data_dir}: not found; run the tokenize stage")
-    with io.reading(data_dir, "`dvc repro tokenize@<task>`"):
-        data = load_from_disk(str(data_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+    data_dir, data, tokenizer = load_tokenized(run.task)
     method = method_for(run, settings)
     set_seed(run.seed)  # before the model: a classification head starts from the run's seed (evaluate does the same)
     model = load_base_model(run, tokenizer, settings, data_dir)

@@ -80,17 +80,15 @@ def save(grid: dict, part: str, target: Path, root: Path = Path(".")) -> list[Pa
 
     import yaml
 
-    runs = check_parts(grid, f"grid {grid.get('name')!r} parts").get(part)
-    if runs is None:
-        raise DataError(f"grid {grid.get('name')!r}: no part {part!r}")
-    paths = _result_paths(grid, runs)
+    names = stages(grid, part)  # refuses an unknown part
+    paths = _result_paths(grid, check_parts(grid)[part])
     missing = [str(p) for p in paths if not (root / p).is_dir()]
     if missing:
         raise DataError(f"part {part!r}: no {missing[0]} here; run the part first")
     lock_file = target / "dvc-lock.yaml"
     entries = yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else {}
     ran = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    entries.update({name: ran[name] for name in stages(grid, part) if name in ran})
+    entries.update({name: ran[name] for name in names if name in ran})
     for path in paths:
         shutil.rmtree(target / path, ignore_errors=True)
         shutil.copytree(root / path, target / path)
@@ -103,14 +101,11 @@ def restore(source: Path, root: Path = Path(".")) -> list[Path]:
     """Every saved part's results copied from `source` into the workspace `root` (what --save wrote)."""
     import shutil
 
-    copied = []
-    for top in ("predictions", "metrics"):
-        for path in sorted((source / top).rglob("*")) if (source / top).is_dir() else []:
-            if path.is_file():
-                relative = path.relative_to(source)
-                (root / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, root / relative)
-                copied.append(relative)
+    copied = [path.relative_to(source) for top in ("predictions", "metrics")
+              for path in sorted((source / top).rglob("*")) if path.is_file()]
+    for relative in copied:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / relative, root / relative)
     if not copied:
         raise DataError(f"{source}: no saved results (predictions/, metrics/); save a part with --save first")
     return copied

@@ -248,6 +248,18 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def load_tokenized(task: str):
+    """(folder, dataset, tokenizer) of the task's tokenized data; missing or damaged, one line naming the folder."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    data_dir = Path("data/tokenized") / task
+    if not (data_dir / "dataset_dict.json").is_file():
+        raise DataError(f"{data_dir}: not found; run the tokenize stage")
+    with io.reading(data_dir, f"`dvc repro tokenize@{task}`"):
+        return data_dir, load_from_disk(str(data_dir)), AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+
+
 def load_base_model(run: Run, tokenizer, settings: dict, data_dir: Path):
     """The pretrained model for the run's task, with a fresh classification head where the task needs one: an
     encoder-decoder, or a decoder-only causal LM (generation tasks on prompt → completion data from `data_dir`;

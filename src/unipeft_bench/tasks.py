@@ -158,15 +158,14 @@ def check_records(task: Task, records: list[dict], where: str) -> None:
     if not records:
         raise DataError(f"{where}: empty split (no records)")
     texts = ("source", "target") if task.kind == "seq2seq" else ("text",)
-    first_record = {}
+    first_fields = set(records[0])
     for number, record in enumerate(records, start=1):
         name = f"{where}: record {number} (id {record.get('id')!r})"
         missing = [f for f in task.fields if f not in record]
         if missing:
             raise DataError(f"{name} lacks field(s) {missing}; has {sorted(record)}")
-        first_record = first_record or record
-        if set(record) != set(first_record):
-            raise DataError(f"{name} has field(s) {sorted(record)}, the first record {sorted(first_record)}")
+        if set(record) != first_fields:
+            raise DataError(f"{name} has field(s) {sorted(record)}, the first record {sorted(first_fields)}")
         if not isinstance(record["id"], str) or not record["id"]:
             raise DataError(f"{name}: the id must be a non-empty string")
         wrong = [f for f in texts if not isinstance(record[f], str)]
