@@ -20,6 +20,7 @@ import sys
 from unipeft_bench import io
 from unipeft_bench.causal_lm import completion_trainer, training_collator
 from unipeft_bench.errors import DataError
+from unipeft_bench.run_settings import check_settings_file
 from unipeft_bench.runs import Run, exit_now, load_base_model, load_tokenized, stage_main
 from unipeft_bench.tasks import task as get_task
 from unipeft_bench.models import resolve as resolve_model
@@ -170,4 +171,4 @@ def _best_step(state) -> int | None:
 
 
 if __name__ == "__main__":
-    exit_now(stage_main(sys.argv[1:], "train", train))
+    exit_now(stage_main(sys.argv[1:], "train", train, check_settings_file))

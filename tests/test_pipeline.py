@@ -100,12 +100,12 @@ def git(repo: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def tiny_project(repo: Path) -> Path:
-    """A committed git + DVC copy of the project at `repo`, on the tiny offline profile."""
+def tiny_project(repo: Path, params: dict | None = None) -> Path:
+    """A committed git + DVC copy of the project at `repo`, on the tiny offline profile (or `params`)."""
     for name in ("stages", "src"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    write_tiny_conf(repo, tiny_params())
+    write_tiny_conf(repo, params or tiny_params())
     fx.offline_assets(repo / "assets")
     save_tiny_llama(repo / TINY_LLAMA)
     (repo / ".gitignore").write_text("/assets/\n/checkpoints/\n")

@@ -26,16 +26,21 @@ from .errors import DataError
 CONF = Path("conf")
 
 
-def composed_grid(name: str) -> dict:
-    """params.yaml's `grid` as `dvc exp run -S grid=<name>` would write it."""
+def composed_params(grid: str) -> dict:
+    """params.yaml as `dvc exp run -S grid=<grid>` would write it."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    if not (CONF / "grid" / f"{name}.yaml").is_file():
+    if not (CONF / "grid" / f"{grid}.yaml").is_file():
         known = sorted(p.stem for p in (CONF / "grid").glob("*.yaml"))
-        raise DataError(f"grid {name!r}: no conf/grid/{name}.yaml; known: {', '.join(known)}")
+        raise DataError(f"grid {grid!r}: no conf/grid/{grid}.yaml; known: {', '.join(known)}")
     with initialize_config_dir(str(CONF.resolve()), version_base=None):
-        return OmegaConf.to_container(compose("config", overrides=[f"grid={name}"]), resolve=True)["grid"]
+        return OmegaConf.to_container(compose("config", overrides=[f"grid={grid}"]), resolve=True)
+
+
+def composed_grid(name: str) -> dict:
+    """params.yaml's `grid` as `dvc exp run -S grid=<name>` would write it."""
+    return composed_params(name)["grid"]
 
 
 def check_parts(grid: dict, where: str = "params.yaml grid.parts") -> dict[str, list[str]]:

@@ -142,9 +142,9 @@ def resolve(params: dict, argv: list[str]) -> list[Run]:
             for seed in seeds]
 
 
-def stage_main(argv: list[str], section: str, work) -> int:
+def stage_main(argv: list[str], section: str, work, check=None) -> int:
     """The command line of the train and evaluate stages: the runs `argv` names, their settings from params.yaml
-    <section>.<profile>.<task>, then `work(run, settings)` for each (each_run); a DataError is one line on stderr
+    <section>.<profile>.<task>, `check(params, argv)` if given, then `work(run, settings)` for each (each_run); a DataError is one line on stderr
     and exit status 1, and the runs after it are not started. Several seeds share one stage and one import:
     importing torch and transformers costs ~4.5 s a process, which over the evidence grid's 132 train and
     evaluate stages was ~17 minutes (docs/evidence.md)."""
@@ -155,6 +155,8 @@ def stage_main(argv: list[str], section: str, work) -> int:
             offline_environment()
         where = f"{section}.{runs[0].profile}.{runs[0].task}"
         settings = io.need(params, where)
+        if check:
+            check(params, argv)
         if section == "evaluate":  # as the validate stage checks it, for a stage run by hand
             schema.check_evaluate(settings, where, get_task(runs[0].task).kind == "seq2seq")
         for run, result in each_run(work, runs, settings, where):
