@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from unipeft_bench import aggregation, io
+from unipeft_bench import grid_results, io
 
 LAST = 2  # evaluations: "the gain over the last two" is the best minus the best before them
 
 
 def seed_record(root: Path, task: str, run: str, seed: int) -> dict:
-    training = json.loads(aggregation.metrics_path(root, task, run, seed).read_text())["training"]
-    metric = aggregation.VALIDATION_METRIC[task]
+    training = json.loads(grid_results.metrics_path(root, task, run, seed).read_text())["training"]
+    metric = grid_results.VALIDATION_METRIC[task]
     curve = pd.read_csv(root / "metrics/train" / task / run / f"seed{seed}" / "plots/metrics/eval" / f"{metric}.tsv",
                         sep="\t")[metric].tolist()
     capped = not training["stopped_early"]
@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("task")
     args = parser.parse_args()
-    grid = aggregation.read_grid(io.params())
+    grid = grid_results.read_grid(io.params())
     gains, totals = [], {"seeds": 0, "stopped early": 0, "capped": 0, "still improving": 0}
     for run in grid.runs:
         records = [seed_record(Path("."), args.task, run, seed) for seed in grid.seeds]

@@ -27,7 +27,7 @@ from evaluate import evaluate  # noqa: E402
 from train import train  # noqa: E402
 
 from unipeft_bench import baselines, io  # noqa: E402
-from unipeft_bench.aggregation import TASK_VIEWS  # noqa: E402
+from unipeft_bench.grid_results import TASK_VIEWS  # noqa: E402
 from unipeft_bench.models import offline_environment  # noqa: E402
 from unipeft_bench.runs import Run, model_name  # noqa: E402
 

@@ -31,7 +31,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from unipeft_bench import aggregation, io
+from unipeft_bench import aggregation, grid_results, io
 from unipeft_bench.last_outputs import stage_failed
 
 
@@ -51,7 +51,7 @@ def write_directories(outputs: dict[Path, str | bytes]) -> None:
     with contextlib.ExitStack() as swaps:  # every directory written before the first swap
         for directory, files in by_directory.items():
             staging = swaps.enter_context(io.atomic_directory(directory))
-            aggregation.write_outputs({staging / name: content for name, content in files.items()})
+            grid_results.write_outputs({staging / name: content for name, content in files.items()})
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from unipeft_bench import aggregation, findings, io
+from unipeft_bench import findings, grid_results, io
 from unipeft_bench.last_outputs import stage_failed
 
 VERDICTS = (findings.HOLDS, findings.CONTRADICTED, findings.INCONCLUSIVE, findings.NOT_RUN)
@@ -51,7 +51,7 @@ def comparison_row(number: int, claim: findings.Claim, c: findings.Comparison, r
     return row
 
 
-def stand_in_rows(grid: aggregation.Grid, stand_ins: dict[str, findings.StandIn]) -> list[list[str]]:
+def stand_in_rows(grid: grid_results.Grid, stand_ins: dict[str, findings.StandIn]) -> list[list[str]]:
     rows = [["Task", "Baseline", "full − baseline", "95% interval", "Carries claims"]]
     for task, s in stand_ins.items():
         if s.effect is None:
@@ -62,7 +62,7 @@ def stand_in_rows(grid: aggregation.Grid, stand_ins: dict[str, findings.StandIn]
     return rows
 
 
-def markdown(grid: aggregation.Grid, checked: list[findings.Checked], stand_ins: dict[str, findings.StandIn]) -> str:
+def markdown(grid: grid_results.Grid, checked: list[findings.Checked], stand_ins: dict[str, findings.StandIn]) -> str:
     real = grid.profile == "real"
     verdicts = [c.verdict for c in checked]
     claims = [["#", "Claim", "Paper", "Verdict", "Evidence", "Note"]] + [
@@ -102,7 +102,7 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), "|" + "|".join("---" for _ in rows[0]) + "|"] + [line(r) for r in rows[1:]])
 
 
-def metrics(grid: aggregation.Grid, checked: list[findings.Checked], stand_ins: dict[str, findings.StandIn]) -> dict:
+def metrics(grid: grid_results.Grid, checked: list[findings.Checked], stand_ins: dict[str, findings.StandIn]) -> dict:
     """DVC metrics: verdicts and numbers per claim and comparison (no lists: `dvc metrics` drops them)."""
     verdicts = [c.verdict for c in checked]
     return {"grid": grid.name, "profile": grid.profile, "resamples": findings.RESAMPLES,
@@ -132,7 +132,7 @@ def build(params: dict, root: Path = Path(".")) -> tuple[dict[Path, str], list[s
 def main() -> int:
     try:
         outputs, report = build(io.params())
-        aggregation.write_outputs(outputs)
+        grid_results.write_outputs(outputs)
     except (Exception, KeyboardInterrupt) as err:
         return stage_failed(err)
     print("\n".join(report))

@@ -11,7 +11,7 @@ import yaml
 
 import aggregate
 import unipeft
-from unipeft_bench import aggregation
+from unipeft_bench import figures, grid_results, tables
 
 SIZES = {  # the evaluate stage's effective sizes per run
     "mam": {"attn": 30, "ffn": 512, "scale": 4.0},
@@ -51,7 +51,7 @@ def write_workspace(root, runs, seeds, generation=(), classification=(), profile
                 record = {"task": task, "profile": profile, "run": run, "method": METHOD[run], "seed": seed,
                           "sizes": SIZES[run], "scores": scores(task, run, seed, profile),
                           "params": {"method": METHOD[run], "paper_percent": PERCENT[run]}}
-                aggregation.metrics_path(root, task, run, seed).write_text(json.dumps(record))
+                grid_results.metrics_path(root, task, run, seed).write_text(json.dumps(record))
 
 
 def markdown_rows(path) -> list[dict]:
@@ -238,33 +238,33 @@ def test_the_majority_label_breaks_ties_by_the_smallest_label():
 
 
 def test_labels_and_percentages_read_like_the_paper():
-    assert aggregation.method_label("prefix_lora_ffn", {"attn": 30, "ffn": 102, "scale": 4.0}) == \
+    assert tables.method_label("prefix_lora_ffn", {"attn": 30, "ffn": 102, "scale": 4.0}) == \
         "Prefix + LoRA ffn (l=30, r=102, s=4)"
-    assert aggregation.method_label("pa_attn_ffn", {"attn": 30, "ffn": 512}) == \
+    assert tables.method_label("pa_attn_ffn", {"attn": 30, "ffn": 512}) == \
         "PA attn + PA ffn (attn r=30, ffn r=512)"
-    assert aggregation.method_label("prompt", {"attn": 300}) == "Prompt tuning (l=300)"
-    assert aggregation.method_label("mh_pa", {"attn": 200}) == "MH PA (r=200)"
-    assert [aggregation.percent(p) for p in (100.0, 12.288, 6.6838, 0.4732, 0.08, 0.075)] == \
+    assert tables.method_label("prompt", {"attn": 300}) == "Prompt tuning (l=300)"
+    assert tables.method_label("mh_pa", {"attn": 200}) == "MH PA (r=200)"
+    assert [tables.percent(p) for p in (100.0, 12.288, 6.6838, 0.4732, 0.08, 0.075)] == \
         ["100%", "12.3%", "6.7%", "0.47%", "0.08%", "0.075%"]
 
 
 def test_every_paper_entry_names_a_preset_and_known_scores():
     presets = set(unipeft.preset_names())
-    for entry in aggregation.paper_results():
+    for entry in tables.paper_results():
         methods = entry["method"] if isinstance(entry["method"], list) else [entry["method"]]
         assert set(methods) <= presets, entry["row"]
         assert set(entry.get("sizes") or {}) <= {"attn", "ffn", "scale"}, entry["row"]
         assert entry["source"].split()[0] in ("Table", "Figure") and entry["params_percent"] > 0, entry["row"]
         for task, numbers in {**entry["scores"], **(entry.get("std") or {})}.items():
-            assert set(numbers) <= {key for key, _ in aggregation.TASK_VIEWS[task].columns}, entry["row"]
+            assert set(numbers) <= {key for key, _ in grid_results.TASK_VIEWS[task].columns}, entry["row"]
 
 
 def test_the_first_matching_paper_entry_wins():
-    entry = aggregation.paper_entry("summarization", "lora_ffn", {"attn": None, "ffn": 102, "scale": 4.0})
+    entry = tables.paper_entry("summarization", "lora_ffn", {"attn": None, "ffn": 102, "scale": 4.0})
     assert entry["source"] == "Table 6" and entry["scores"]["summarization"]["rouge2"] == 21.29
-    plain = aggregation.paper_entry("summarization", "lora_ffn", {"attn": None, "ffn": 102, "scale": None})
+    plain = tables.paper_entry("summarization", "lora_ffn", {"attn": None, "ffn": 102, "scale": None})
     assert plain["row"] == "LoRA, s=1"  # no scale is s = 1
-    assert aggregation.paper_entry("translation", "lora_ffn", {"ffn": 102, "scale": 1.0}) is None
+    assert tables.paper_entry("translation", "lora_ffn", {"ffn": 102, "scale": 1.0}) is None
 
 
 # ---- the named grids of conf/grid/: each table and figure of the paper in its shape --------------------------------
@@ -284,7 +284,7 @@ def write_grid_workspace(root, name: str, profile: str = "offline") -> dict:
         record = {"task": run.task, "profile": profile, "run": run.name, "method": run.method, "seed": run.seed,
                   "sizes": effective_sizes(run.method, run.budget), "scores": values,
                   "params": {"method": run.method, "paper_percent": 0.1 * (index[run.name] + 1)}}
-        path = aggregation.metrics_path(root, run.task, run.name, run.seed)
+        path = grid_results.metrics_path(root, run.task, run.name, run.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
     return params
@@ -383,7 +383,7 @@ def test_grid_results_must_stay_inside_the_project(tmp_path, monkeypatch, capsys
 
 def test_validation_curves_place_each_evaluation_by_its_logged_epoch(tmp_path):
     """DVCLive counts log calls, not training steps: the epoch logged at the same call places an evaluation."""
-    grid = aggregation.Grid("offline", (1, 2), ("lora", "full"), (), ("sentiment",))
+    grid = grid_results.Grid("offline", (1, 2), ("lora", "full"), (), ("sentiment",))
     for seed, accuracies in ((1, [70.0, 80.0, 75.0]), (2, [72.0, 78.0])):  # seed 2 stopped early
         logs = tmp_path / "metrics/train/sentiment/lora" / f"seed{seed}" / "plots/metrics"
         (logs / "eval").mkdir(parents=True)
@@ -392,7 +392,7 @@ def test_validation_curves_place_each_evaluation_by_its_logged_epoch(tmp_path):
             f"{step}\t{step / 10}\n" for step in range(1, 2 * len(accuracies) + 1)))
         (logs / "eval/accuracy.tsv").write_text("step\taccuracy\n" + "".join(
             f"{2 * k}\t{a}\n" for k, a in enumerate(accuracies, 1)))
-    curves = aggregation.validation_curves(grid, "sentiment", tmp_path)  # full logged nothing: no curve
+    curves = grid_results.validation_curves(grid, "sentiment", tmp_path)  # full logged nothing: no curve
     assert curves.to_dict("list") == {"run": ["lora"] * 3, "epoch": [0.2, 0.4, 0.6], "score": [71.0, 79.0, 75.0],
                                       "seeds": [2, 2, 1]}
-    assert aggregation.curves_png(curves, "sentiment", "offline").startswith(b"\x89PNG")
+    assert figures.curves_png(curves, "sentiment", "offline").startswith(b"\x89PNG")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import findings as stage
-from unipeft_bench import aggregation, findings, metrics
+from unipeft_bench import findings, grid_results, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "conf" / "grid" / "evidence.yaml"
@@ -145,9 +145,7 @@ def test_the_evidence_grids_run_every_claim(profile):
     the two grids, and a grid that has a claim's task has all its runs."""
     from test_grids import composed
 
-    from unipeft_bench import aggregation
-
-    grids = [aggregation.read_grid(composed(f"grid={name}", f"profile={profile}"))
+    grids = [grid_results.read_grid(composed(f"grid={name}", f"profile={profile}"))
              for name in ("evidence", "evidence_generation")]
     assert [len(grid.seeds) for grid in grids] == ([3, 2] if profile == "offline" else [3, 3])
     for claim in findings.load_claims():
@@ -234,8 +232,8 @@ def write_run(root: Path, task: str, run: str, seed: int, predicted: list | None
     report = {"task": task, "profile": "real", "run": run, "method": method, "seed": seed,
               "sizes": {"attn": None, "ffn": None, "scale": None, **SIZES[run]}, "scores": scores,
               "params": {"paper_percent": 1.0}}
-    metrics_file, predictions_file = (aggregation.metrics_path(root, task, run, seed),
-                                      aggregation.predictions_path(root, task, run, seed))
+    metrics_file, predictions_file = (grid_results.metrics_path(root, task, run, seed),
+                                      grid_results.predictions_path(root, task, run, seed))
     for path in (metrics_file, predictions_file):
         path.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(report))

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import unipeft
-from unipeft_bench import aggregation, runs
+from unipeft_bench import grid_results, runs, tables
 from unipeft_bench.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_every_run_of_every_grid_resolves(name, profile):
     grid = params["grid"]
     assert grid["name"] == name
     assert grid["results"] == ("results" if name == "default" else f"results/{name}")
-    read = aggregation.read_grid(params)  # the aggregate stage's checks: tasks of the right kind, integer seeds
+    read = grid_results.read_grid(params)  # the aggregate stage's checks: tasks of the right kind, integer seeds
     assert read.generation or read.classification
     for run_name, spec in grid["runs"].items():
         method = spec["method"]
@@ -203,7 +203,7 @@ def test_in_the_real_profile_each_run_is_a_row_of_the_paper(name):
     params = composed(f"grid={name}", "profile=real")
     grid = params["grid"]
     for run in resolved(params):
-        entry = aggregation.paper_entry(run.task, run.method, effective_sizes(run.method, run.budget), grid["paper"])
+        entry = tables.paper_entry(run.task, run.method, effective_sizes(run.method, run.budget), grid["paper"])
         point = (name, run.name, run.task)
         if point in NOT_IN_THE_PAPER:
             assert entry is None, point

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from . import aggregation, baselines
+from . import baselines, grid_results, tables
 from .errors import DataError
 
 FINDINGS = Path(__file__).with_name("findings.yaml")
@@ -65,7 +65,7 @@ class Claim:
         """The first table it cites, whose numbers paper_results.yaml gives first (real profile)."""
         return self.paper.split(",")[0].strip()
 
-    def task_names(self, grid: aggregation.Grid) -> tuple[str, ...]:
+    def task_names(self, grid: grid_results.Grid) -> tuple[str, ...]:
         """The grid's tasks this claim is tested on."""
         spec = self.tasks[grid.profile] if isinstance(self.tasks, dict) else self.tasks
         if spec in KINDS:
@@ -118,7 +118,7 @@ def load_claims(path: Path = FINDINGS) -> list[Claim]:
 class Scorer:
     """How a split is scored: per-example statistics, and the score from their (resampled) sums."""
 
-    key: str  # the score's key in the metrics file (as aggregation.read_metrics reports it)
+    key: str  # the score's key in the metrics file (as grid_results.read_metrics reports it)
     statistics: Callable[[list], np.ndarray]  # predictions -> (examples, k)
     score: Callable[[np.ndarray], np.ndarray]  # sums (resamples, k), over `size` examples -> scores (resamples,)
 
@@ -180,7 +180,7 @@ def scored_splits(task: str, root: Path, bleu_paper: bool) -> list[Split]:
     if not (data_dir / "dataset_dict.json").is_file():
         raise DataError(f"{data_dir}: not found; run the tokenize stage for {task}")
     data = load_from_disk(str(data_dir))
-    if task in aggregation.TASK_VIEWS and aggregation.TASK_VIEWS[task].primary == "accuracy":
+    if task in grid_results.TASK_VIEWS and grid_results.TASK_VIEWS[task].primary == "accuracy":
         return [Split(task, split, tuple(data[split]["id"]), accuracy_scorer(data[split]["labels"], key))
                 for split, key in (("test", "accuracy"), ("test_mismatched", "accuracy_mismatched")) if split in data]
     from transformers import AutoTokenizer
@@ -275,11 +275,11 @@ def claim_verdict(verdicts: list[str]) -> str:
 
 
 def paper_numbers(split: Split, favoured: dict, other: dict, prefer: str) -> tuple[float, float] | None:
-    """The paper's primary score for both runs (records of aggregation.read_metrics), where it prints both."""
+    """The paper's primary score for both runs (records of grid_results.read_metrics), where it prints both."""
     if split.name != "test":
         return None  # the paper reports MNLI matched only
-    key = aggregation.TASK_VIEWS[split.task].primary
-    found = [aggregation.paper_entry(split.task, r["method"], r["sizes"], prefer) for r in (favoured, other)]
+    key = grid_results.TASK_VIEWS[split.task].primary
+    found = [tables.paper_entry(split.task, r["method"], r["sizes"], prefer) for r in (favoured, other)]
     values = [None if e is None else e["scores"][split.task].get(key) for e in found]
     return None if None in values else (values[0], values[1])
 
@@ -325,7 +325,7 @@ class Checked:
     why_untested: str = ""  # the claim's `untestable` sentence, or why its task's stand-in carries no claim
 
 
-def _plan(claim: Claim, grid: aggregation.Grid) -> tuple[list[tuple[str, str, str]], str]:
+def _plan(claim: Claim, grid: grid_results.Grid) -> tuple[list[tuple[str, str, str]], str]:
     """(task, favoured, other) of the claim that the grid can run, and what it lacks for the rest."""
     tasks = claim.task_names(grid)
     missing = [run for run in claim.runs if run not in grid.runs]
@@ -340,7 +340,7 @@ def _task_words(tasks, profile: str) -> str:
     return f"a {spec} task" if spec in KINDS else f"the {' or '.join(spec)} task"
 
 
-def stand_in_check(grid: aggregation.Grid, task: str, split: Split, statistics: dict, root: Path) -> StandIn:
+def stand_in_check(grid: grid_results.Grid, task: str, split: Split, statistics: dict, root: Path) -> StandIn:
     """Full fine-tuning (each seed) against the trivial baseline, with the claims' own bootstrap."""
     name = baselines.NAMES[task]
     if FULL not in grid.runs:
@@ -353,16 +353,16 @@ def stand_in_check(grid: aggregation.Grid, task: str, split: Split, statistics: 
 
 
 def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = None) -> tuple[
-        aggregation.Grid, list[Checked], dict[str, StandIn]]:
+        grid_results.Grid, list[Checked], dict[str, StandIn]]:
     """Every claim's verdict on the grid's runs, and each claimed task's stand-in check; reads every input before
     returning (nothing is written here)."""
-    grid = aggregation.read_grid(params)
+    grid = grid_results.read_grid(params)
     claims = load_claims() if claims is None else claims
     plans = {claim.id: _plan(claim, grid) for claim in claims if grid.profile not in claim.untestable}
     points = {(task, run) for plan, _ in plans.values() for task, a, b in plan for run in (a, b)}
     points = sorted(points | {(task, FULL) for task, _ in points if FULL in grid.runs})  # the stand-in check's
     # The metrics files first (the cheapest to miss), then the references, then the predictions.
-    records = {(task, run, seed): aggregation.read_metrics(aggregation.metrics_path(root, task, run, seed), task,
+    records = {(task, run, seed): grid_results.read_metrics(grid_results.metrics_path(root, task, run, seed), task,
                                                             run, seed, grid.profile)
                for task, run in points for seed in grid.seeds}
     one_run = dict(points)  # per task, one of its runs: its metrics file says which BLEU the task reports
@@ -395,17 +395,17 @@ def check(params: dict, root: Path = Path("."), claims: list[Claim] | None = Non
 
 
 def _statistics(root: Path, records: dict, split: Split, run: str, seed: int) -> np.ndarray:
-    path = aggregation.metrics_path(root, split.task, run, seed)
+    path = grid_results.metrics_path(root, split.task, run, seed)
     reported = records[(split.task, run, seed)]["scores"].get(split.scorer.key)
     if reported is None:
         raise DataError(f"{path}: no {split.scorer.key!r} score; rerun the evaluate stage")
-    return run_statistics(aggregation.predictions_path(root, split.task, run, seed), split, float(reported))
+    return run_statistics(grid_results.predictions_path(root, split.task, run, seed), split, float(reported))
 
 
 def _reports_paper_bleu(root: Path, task: str, run: str, seed: int) -> bool:
     """Whether the metrics file's BLEU is the paper's (Romanian targets): then the bootstrap recomputes that one."""
     if task != "translation":
         return False
-    scores = json.loads(aggregation.metrics_path(root, task, run, seed).read_text())["scores"]
+    scores = json.loads(grid_results.metrics_path(root, task, run, seed).read_text())["scores"]
     return scores.get("bleu_paper") is not None
 
