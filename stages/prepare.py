@@ -14,7 +14,7 @@ import io as text_io
 import sys
 from pathlib import Path
 
-from unipeft_bench import io, stats
+from unipeft_bench import io, schema, stats
 from unipeft_bench.errors import DataError
 from unipeft_bench.tasks import check_schema, load_offline, load_real, task as get_task
 
@@ -23,7 +23,7 @@ def prepare(task_name: str, params: dict, root: Path = Path(".")) -> dict:
     task = get_task(task_name)
     profile = io.need(params, "profile")
     if profile == "offline":
-        options = io.need(params, f"data.{task_name}")
+        options = schema.check_data(io.need(params, f"data.{task_name}"), task_name)  # as the validate stage
         assets = root / io.need(params, "data.assets")
         splits, origin = load_offline(task, assets, options), f"{assets} ({task.stand_in})"
     elif profile == "real":

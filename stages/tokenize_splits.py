@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from unipeft_bench import io, prompts
+from unipeft_bench import io, prompts, schema
 from unipeft_bench.errors import DataError
 from unipeft_bench.models import offline_environment, resolve
 from unipeft_bench.tasks import SPLITS, check_records, task as get_task
@@ -32,18 +32,6 @@ def lengths(kind: str, options: dict) -> dict:
         return {"source": options["source"]}
     return {"source": options["source"], "target": options["target"],
             "eval_target": options.get("eval_target", options["target"])}
-
-
-def limits(options: dict, where: str) -> dict:
-    """tokenize.<profile>.<task>.limit: at most this many examples per split; 0 would leave a split empty."""
-    limit = options.get("limit") or {}
-    if not isinstance(limit, dict):
-        raise DataError(f"params.yaml: {where}.limit must be a mapping split → count, got {limit!r}")
-    for split, count in limit.items():
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-            raise DataError(f"params.yaml: {where}.limit.{split} must be a positive integer (or null for all), "
-                            f"got {count!r}; an empty split cannot be trained or evaluated on")
-    return limit
 
 
 def _check_unique_ids(used: list[dict], records: list[dict], path: Path) -> None:
@@ -73,7 +61,7 @@ def tokenize(task_name: str, params: dict, root: Path = Path(".")) -> dict:
         offline_environment()
     settings = io.need(params, f"tokenize.{profile}")
     options = io.need(settings, task_name, f"params.yaml tokenize.{profile}")
-    limit = limits(options, f"tokenize.{profile}.{task_name}")
+    limit = schema.check_tokenize(options, f"tokenize.{profile}.{task_name}").get("limit") or {}
     prompting = prompts.options(options, task.kind, f"tokenize.{profile}.{task_name}")
     tokenizer_name = settings["tokenizer"]
     tokenizer_name = tokenizer_name[task_name] if isinstance(tokenizer_name, dict) else tokenizer_name

@@ -135,7 +135,11 @@ def train(run: Run, settings: dict) -> dict:
             trainer.train(resume_from_checkpoint=resume_from)
             seconds = clock.seconds
     except BaseException as error:
-        abandon_checkpoints(run.checkpoint_dir, error)
+        kept = abandon_checkpoints(run.checkpoint_dir, error)
+        if isinstance(error, KeyboardInterrupt):  # one line for stage_failed: which run, and where it resumes
+            raise KeyboardInterrupt(f"{run.slug} interrupted; the next `dvc repro` resumes it from {kept}" if kept
+                                    else f"{run.slug} interrupted before its first checkpoint; the next `dvc repro` "
+                                    "trains it from the start") from None
         raise
     state = trainer.state
     report = {"steps": state.global_step, "max_steps": state.max_steps,

@@ -107,7 +107,8 @@ def _interrupt_at_step_3(run, settings, monkeypatch, seconds_per_step: float = 0
 
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "training_step", slow_then_crash_at_step_3)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match=f"^{run.slug} interrupted; the next `dvc repro` resumes it "
+                           f"from {run.checkpoint_dir / 'checkpoint-2'}$"):
             train(run, settings)
     assert (run.checkpoint_dir / "checkpoint-2" / "trainer_state.json").is_file()
 
@@ -233,7 +234,8 @@ def test_a_run_interrupted_before_its_first_checkpoint_leaves_no_checkpoint_fold
     from train import train
 
     _interrupt_at_step_1(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=f"^{RUN.slug} interrupted before its first checkpoint; the next "
+                       "`dvc repro` trains it from the start$"):
         train(RUN, SETTINGS)
     assert not (sentiment_project / "checkpoints").exists() and not (sentiment_project / "runs").exists()
 

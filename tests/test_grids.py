@@ -130,10 +130,10 @@ def test_every_run_of_a_grid_with_parts_is_in_exactly_one():
 
     grid = composed("grid=evidence_generation")["grid"]
     parts = check_parts(grid)
-    assert list(parts) == ["1", "2", "3"] and sorted(sum(parts.values(), [])) == sorted(grid["runs"])
-    for broken, message in (({**parts, "4": ["full"]}, "'full' is in more than one part"),
+    assert list(parts) == ["1", "2", "3", "4"] and sorted(sum(parts.values(), [])) == sorted(grid["runs"])
+    for broken, message in (({**parts, "5": ["full"]}, "'full' is in more than one part"),
                             ({"1": parts["1"]}, "in no part; every run needs one"),
-                            ({**parts, "4": ["fulll"]}, "'fulll' is not a run of the grid"),
+                            ({**parts, "5": ["fulll"]}, "'fulll' is not a run of the grid"),
                             (["full"], "expected a mapping of part names")):
         with pytest.raises(DataError, match=message):
             check_parts({**grid, "parts": broken})
@@ -144,12 +144,12 @@ def test_a_part_lists_its_runs_train_and_evaluate_stages(monkeypatch, capsys):
     from unipeft_bench import parts
 
     monkeypatch.chdir(ROOT)
-    assert parts.main(["evidence_generation", "3"]) == 0
+    assert parts.main(["evidence_generation", "4"]) == 0
     stages = capsys.readouterr().out.split()
-    assert stages[:2] == ["train_generation@summarization-prefix-30", "evaluate_generation@summarization-prefix-30"]
-    assert len(stages) == 12 and stages[-1] == "evaluate_generation@summarization-mam-30-512"
+    assert stages[:2] == ["train_generation@summarization-pa_attn-30", "evaluate_generation@summarization-pa_attn-30"]
+    assert len(stages) == 6 and stages[-1] == "evaluate_generation@summarization-mam-30-512"
     assert parts.main(["evidence_generation", "9"]) == 1
-    assert capsys.readouterr().err == "error: grid 'evidence_generation': no part '9'; its parts: 1, 2, 3\n"
+    assert capsys.readouterr().err == "error: grid 'evidence_generation': no part '9'; its parts: 1, 2, 3, 4\n"
     assert parts.main(["evidence_generation"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "1: full pa-200 sa_ffn-200 pa_attn-200 sa_attn-200 sa_ffn-1024"
 

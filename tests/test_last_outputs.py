@@ -102,6 +102,10 @@ def test_restore_puts_back_what_the_lock_records_and_names_what_the_cache_lacks(
      "error: No space left on device: checkpoints/x", 1),
     (KeyboardInterrupt(), "error: interrupted; a run with a complete checkpoint resumes from it on the next "
                           "`dvc repro`", 130),
+    (KeyboardInterrupt("sentiment/full/seed42 interrupted; the next `dvc repro` resumes it from "
+                       "checkpoints/sentiment/full/seed42/checkpoint-50"),
+     "error: sentiment/full/seed42 interrupted; the next `dvc repro` resumes it from "
+     "checkpoints/sentiment/full/seed42/checkpoint-50", 130),
 ])
 def test_a_stopped_stage_says_what_happened_in_one_line(error, line, code, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # run by hand: no DVC stage, nothing to restore

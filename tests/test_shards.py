@@ -4,6 +4,7 @@ files, so that one run's change stales that run alone (the DVC side of both: tes
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -113,3 +114,19 @@ def test_the_experiment_settings_follow_its_keys_and_its_tasks_train_settings():
     after = records(changed)
     assert {name for name in before if before[name] != after[name]} == {EXPERIMENT}
     assert after[EXPERIMENT]["runs"][0]["seed"] == 5
+
+
+def test_a_train_stage_run_by_hand_refuses_params_newer_than_its_settings_file(tmp_path, monkeypatch):
+    from unipeft_bench.run_settings import check_settings_file, settings_file
+
+    monkeypatch.chdir(tmp_path)
+    params = composed()
+    check_settings_file(params, ["sentiment", "lora"])  # no file yet (never validated): nothing to compare
+    path = settings_file(["sentiment", "lora"])
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(run_settings(params, ["sentiment", "lora"])))
+    check_settings_file(params, ["sentiment", "lora", "42"])  # one seed of it: the run's file
+    params["train"]["offline"]["sentiment"]["steps"] = 7
+    with pytest.raises(DataError, match=r"^validated/runs/sentiment/lora.json: written for other params than "
+                                        r"params.yaml's; run `python stages/validate.py` \(or `dvc repro`\) first$"):
+        check_settings_file(params, ["sentiment", "lora"])

@@ -139,6 +139,26 @@ def test_a_bad_value_is_one_line_naming_its_key_and_nothing_is_written(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
 
 
+BY_HAND = [row for row in BAD if row[0].split(".")[0] in ("data", "tokenize") and row[2] is not None]
+
+
+@pytest.mark.parametrize("key, value, message", BY_HAND, ids=[f"{k}={'<deleted>' if v is DELETE else v}"
+                                                              for k, v, _ in BY_HAND])
+def test_the_data_stages_run_by_hand_refuse_their_values_as_the_validate_stage_does(tmp_path, key, value, message):
+    """The prepare and tokenize stages check their own sections with the same schema (src/unipeft_bench/schema.py),
+    before they read anything."""
+    from prepare import prepare
+    from tokenize_splits import tokenize
+
+    params = copy.deepcopy(PARAMS)
+    _set(params, key, value)
+    section, *rest = key.split(".")
+    work, task = (prepare, rest[0]) if section == "data" else (tokenize, rest[1])
+    with pytest.raises(DataError) as refused:
+        work(task, params, tmp_path)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("profile", ["offline", "real"])
 def test_every_grid_of_the_paper_is_valid_in_both_profiles(grid, profile):

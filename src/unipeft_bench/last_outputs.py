@@ -88,8 +88,8 @@ def restore(stage: str | None = None, root: Path | None = None) -> tuple[list[st
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, KeyboardInterrupt):  # training.abandon_checkpoints keeps the complete ones
-        return "interrupted; a run with a complete checkpoint resumes from it on the next `dvc repro`"
+    if isinstance(error, KeyboardInterrupt):  # the train stage names the run and its checkpoint (stages/train.py)
+        return str(error) or "interrupted; a run with a complete checkpoint resumes from it on the next `dvc repro`"
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
     return str(error)

@@ -150,3 +150,40 @@ def check_evaluate(settings, where: str, generates: bool) -> dict:
     elif "generation" in settings:
         raise DataError(f"params.yaml {where}.generation: a classification task generates nothing")
     return settings
+
+
+def check_tokenize(options, where: str) -> dict:
+    """tokenize.<profile>.<task>, as the validate stage and the tokenize stage (run by hand too) both check it;
+    a limit of 0 would leave a split empty (null: all of it)."""
+    check(options, TOKENIZE, where)
+    for split, count in (options.get("limit") or {}).items():
+        check({split: count}, {split: POSITIVE_INT}, f"{where}.limit")
+    return options
+
+
+# data.<task> keys that the prepare stage reads in the offline profile
+DATA_KEYS = {"summarization": ("validation_fraction", "test_fraction"),
+             "translation": ("validation_books", "test_books"),
+             "nli": ("validation_fraction",),
+             "sentiment": ("validation_fraction", "test_fraction")}
+
+
+def check_data(options, task: str) -> dict:
+    """data.<task> offline: the held-out fractions (each in (0, 1), together below 1) or the books the prepare stage
+    holds out, as the validate stage and the prepare stage (run by hand too) both check it."""
+    where = f"data.{task}"
+    check(options, {}, where, closed=False)
+    for key in DATA_KEYS[task]:
+        if key not in options:
+            raise DataError(f"params.yaml: missing key '{where}.{key}'")
+        value = options[key]
+        if key.endswith("_books"):
+            if not value or not isinstance(value, list) or not all(isinstance(b, str) and b for b in value):
+                raise DataError(f"params.yaml {where}.{key}: expected a non-empty list of book names, got {value!r}")
+        else:
+            check({key: value}, {key: (open_fraction, "a fraction in (0, 1)")}, where)
+    fractions = [options[key] for key in DATA_KEYS[task] if key.endswith("_fraction")]
+    if sum(fractions) >= 1:
+        raise DataError(f"params.yaml {where}: the held-out fractions add up to {sum(fractions):g}, leaving no "
+                        "training split")
+    return options

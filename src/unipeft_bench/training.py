@@ -446,14 +446,18 @@ def processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def abandon_checkpoints(checkpoint_dir: Path, error: BaseException) -> None:
+def abandon_checkpoints(checkpoint_dir: Path, error: BaseException) -> Path | None:
     """After a failed run: its checkpoints stay only where a rerun can resume from them, i.e. after an interruption
     (a kill, Ctrl-C) and once one is complete. A refusal (DataError: divergence, bad data) would fail again at the
-    same point from any checkpoint of the same configuration, so nothing of it is kept."""
+    same point from any checkpoint of the same configuration, so nothing of it is kept. Returns the checkpoint a
+    rerun resumes from, if one is kept."""
     if not main_process() or not checkpoint_dir.is_dir():
-        return
-    if isinstance(error, DataError) or not _checkpoints(checkpoint_dir)[0]:
+        return None
+    complete = _checkpoints(checkpoint_dir)[0]
+    if isinstance(error, DataError) or not complete:
         remove_checkpoints(checkpoint_dir)
+        return None
+    return complete[-1]
 
 
 def remove_checkpoints(checkpoint_dir: Path) -> None:

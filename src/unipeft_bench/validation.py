@@ -20,11 +20,6 @@ from .training import OVERRIDES, SELECTIONS, SETTING_RULES, TRAIN_KEYS, check_se
 
 PROFILES = ("offline", "real")
 KINDS = {"generation": "seq2seq", "classification": "classification"}
-# data.<task> keys that the prepare stage reads in the offline profile
-DATA_KEYS = {"summarization": ("validation_fraction", "test_fraction"),
-             "translation": ("validation_books", "test_books"),
-             "nli": ("validation_fraction",),
-             "sentiment": ("validation_fraction", "test_fraction")}
 
 
 def _integer(value) -> bool:
@@ -82,11 +77,9 @@ def _check_prompt(params: dict, profile: str, name: str, model_keys: list[str]) 
 def _check_task(params: dict, profile: str, name: str, model_keys: list[str], built: str) -> None:
     _check_prompt(params, profile, name, model_keys)
     where = f"tokenize.{profile}.{name}"
-    options = schema.check(io.need(params, where), schema.TOKENIZE, where)
-    for split, count in (options.get("limit") or {}).items():
-        schema.check({split: count}, {split: schema.POSITIVE_INT}, f"{where}.limit")
+    schema.check_tokenize(io.need(params, where), where)
     if profile == "offline":
-        _check_data(params, name)
+        schema.check_data(io.need(params, f"data.{name}"), name)
     _check_model(io.need(params, f"models.{profile}.{name}"), f"models.{profile}.{name}", profile, built)
     where = f"evaluate.{profile}.{name}"
     schema.check_evaluate(io.need(params, where), where, get_task(name).kind == "seq2seq")
@@ -96,23 +89,6 @@ def _check_task(params: dict, profile: str, name: str, model_keys: list[str], bu
     if unknown:
         raise DataError(f"params.yaml {where}.{unknown[0]}: not a train setting; expected one of "
                         f"{', '.join(sorted(TRAIN_KEYS | set(SETTING_RULES)))}")
-
-
-def _check_data(params: dict, name: str) -> None:
-    """data.<task>: the held-out fractions (each in (0, 1), together below 1) or books the prepare stage reads."""
-    options = io.need(params, f"data.{name}")
-    for key in DATA_KEYS[name]:
-        value = io.need(params, f"data.{name}.{key}")
-        if key.endswith("_books"):
-            if not value or not isinstance(value, list) or not all(isinstance(b, str) and b for b in value):
-                raise DataError(f"params.yaml data.{name}.{key}: expected a non-empty list of book names, "
-                                f"got {value!r}")
-        else:
-            schema.check({key: value}, {key: (schema.open_fraction, "a fraction in (0, 1)")}, f"data.{name}")
-    fractions = [options[key] for key in DATA_KEYS[name] if key.endswith("_fraction")]
-    if sum(fractions) >= 1:
-        raise DataError(f"params.yaml data.{name}: the held-out fractions add up to {sum(fractions):g}, "
-                        "leaving no training split")
 
 
 def _check_run(params: dict, run: runs.Run) -> None:
