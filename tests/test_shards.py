@@ -130,3 +130,11 @@ def test_a_train_stage_run_by_hand_refuses_params_newer_than_its_settings_file(t
     with pytest.raises(DataError, match=r"^validated/runs/sentiment/lora.json: written for other params than "
                                         r"params.yaml's; run `python stages/validate.py` \(or `dvc repro`\) first$"):
         check_settings_file(params, ["sentiment", "lora"])
+
+
+def test_pushing_without_a_remote_is_one_line(tmp_path):
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    done = subprocess.run([sys.executable, "-m", "unipeft_bench.shards", "--push"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error: config file error: no remote specified in ")
+    assert done.stderr.count("\n") == 1

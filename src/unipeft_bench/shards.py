@@ -152,12 +152,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--push", action="store_true", help="push this workspace's runs and run-cache")
     parser.add_argument("--remote", help="the DVC remote to push to (default: the default remote)")
     args = parser.parse_args(argv)
-    if args.push:
-        print(f"{push(args.remote)} files pushed")
-        return 0
-    if args.workers is None or (args.index is None) == (not args.estimate):
+    if not args.push and (args.workers is None or (args.index is None) == (not args.estimate)):
         parser.error("give --workers and one of --index or --estimate (or --push)")
+    from dvc.exceptions import DvcException
+
     try:
+        if args.push:
+            print(f"{push(args.remote)} files pushed")
+            return 0
         from .parts import composed_params
 
         shards = deal(units(composed_params(args.grid) if args.grid else io.params()), args.workers)
@@ -167,8 +169,8 @@ def main(argv: list[str]) -> int:
             raise DataError(f"--index {args.index}: expected 0 to {args.workers - 1}")
         else:
             print(" ".join(stage for unit in shards[args.index] for stage in unit.stages))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DataError, DvcException) as err:  # e.g. no remote configured: DVC's own message, on one line
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     return 0
 
