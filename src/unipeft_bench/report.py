@@ -23,7 +23,8 @@ STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1180px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 nav a { margin-right: 1em; } .lead { color: #555; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 13px; } td, th { border: 1px solid #ddd; padding: 3px 7px; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+td, th { border: 1px solid #ddd; padding: 3px 7px; }
 th { background: #f4f4f4; } tr:nth-child(even) td { background: #fafafa; }
 td.holds { background: #e3f4e4 !important; color: #1b5e20; font-weight: 600; }
 td.contradicted { background: #fbe4e4 !important; color: #b71c1c; font-weight: 600; }
@@ -54,7 +55,8 @@ def _read(path: Path) -> str:
 
 
 def _settings_table(params: dict, grid: Grid) -> str:
-    rows = ["| task | run | method | sizes | seeds | learning rate | steps | batch |", "|---|---|---|---|---|---:|---:|---:|"]
+    rows = ["| task | run | method | sizes | seeds | learning rate | steps | batch |",
+            "|---|---|---|---|---|---:|---:|---:|"]
     for task in grid.generation + grid.classification:
         for run in grid.runs:
             record = run_settings(params, [task, run])
@@ -75,8 +77,8 @@ def _versions(grid: Grid, root: Path) -> str:
     if path is None:
         return "<p>No run's metrics file is in this workspace; each records the versions it ran with.</p>"
     versions = json.loads(path.read_text()).get("versions") or {}
-    return _markdown("\n".join(["| package | version |", "|---|---|"] + [f"| {k} | {v} |" for k, v in versions.items()])
-                     + f"\n\nAs recorded by the evaluate stage in `{path.relative_to(root)}`.")
+    rows = ["| package | version |", "|---|---|"] + [f"| {k} | {v} |" for k, v in versions.items()]
+    return _markdown("\n".join(rows) + f"\n\nAs recorded by the evaluate stage in `{path.relative_to(root)}`.")
 
 
 def build(params: dict, root: Path = Path(".")) -> str:
@@ -87,10 +89,11 @@ def build(params: dict, root: Path = Path(".")) -> str:
     findings_md = _read(results / "findings.md").split("\n", 1)[1]  # its own title is the page's
     tables = [_markdown(_read(path)) for path in sorted((results / "tables").glob("*.md"))]
     tasks = grid.generation + grid.classification
-    budget = [_image((results / "plots" / f"{t}.png").read_bytes(), f"{t}: score against the parameter budget")
-              for t in tasks if (results / "plots" / f"{t}.png").is_file()]
-    curves = [_image((results / "plots" / f"{t}_validation.png").read_bytes(), f"{t}: validation score during "
-                     "training, mean over seeds") for t in tasks if (results / "plots" / f"{t}_validation.png").is_file()]
+    plots = results / "plots"
+    budget = [_image((plots / f"{t}.png").read_bytes(), f"{t}: score against the parameter budget")
+              for t in tasks if (plots / f"{t}.png").is_file()]
+    curves = [_image((plots / f"{t}_validation.png").read_bytes(), f"{t}: validation score during training, mean "
+                     "over seeds") for t in tasks if (plots / f"{t}_validation.png").is_file()]
     forest = forest_png(findings)
     title = grid.title or "Results"
     sections = [

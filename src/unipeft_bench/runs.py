@@ -144,10 +144,10 @@ def resolve(params: dict, argv: list[str]) -> list[Run]:
 
 def stage_main(argv: list[str], section: str, work, check=None) -> int:
     """The command line of the train and evaluate stages: the runs `argv` names, their settings from params.yaml
-    <section>.<profile>.<task>, `check(params, argv)` if given, then `work(run, settings)` for each (each_run); a DataError is one line on stderr
-    and exit status 1, and the runs after it are not started. Several seeds share one stage and one import:
-    importing torch and transformers costs ~4.5 s a process, which over the evidence grid's 132 train and
-    evaluate stages was ~17 minutes (docs/evidence.md)."""
+    <section>.<profile>.<task>, `check(params, argv)` if given, then `work(run, settings)` for each (each_run); a
+    DataError is one line on stderr and exit status 1, and the runs after it are not started. Several seeds share
+    one stage and one import: importing torch and transformers costs ~4.5 s a process, which over the evidence
+    grid's 132 train and evaluate stages was ~17 minutes (docs/evidence.md)."""
     try:
         params = io.params()
         runs = resolve(params, argv)

@@ -7,12 +7,14 @@
 
 A shard is a list of train and evaluate stages (each task × run of the grid, and the single experiment), which a
 worker runs with `dvc repro <stages>` and shares with `--push` (`dvc push --run-cache` and what it misses); the
-coordinator's `dvc repro --pull` then restores them from the run-cache instead of training them (README, "Several machines"; scripts/cluster/).
+coordinator's `dvc repro --pull` then restores them from the run-cache instead of training them (README, "Several
+machines"; scripts/cluster/).
 
 Cost is an estimate of each run's training compute, the usual 6·N·D rule for a step of N parameters over D tokens:
 forward 2·N·D, backward 4·N·D with every weight trained, about 2·N·D without weight gradients for the frozen ones
 (4·N·D in all; measured here, full fine-tuning took 1.4x a PEFT method's time per step on both SmolLM2 and MiniLM:
-metrics/*/seed42.json). The budget is left out: at the grids' sizes it moved the time per step by at most 16%.
+metrics/*/seed42.json). The method and budget are otherwise left out: among the default grid's PEFT runs the time
+per step differed by up to 16% on SmolLM2 and 28% on MiniLM (MAM against PA).
 Shards are dealt longest run first, each to the least loaded shard (a greedy schedule within 4/3 of the best).
 """
 
@@ -68,7 +70,7 @@ class Unit:
 
 
 def _unit(params: dict, record: dict) -> Unit:
-    """A run's unit from its settings (runs.run_settings: what its train stage depends on)."""
+    """A run's unit from its settings (run_settings: what its train stage depends on)."""
     first, settings = record["runs"][0], record["train"]
     task = first["task"]
     lengths = io.need(params, f"tokenize.{first['profile']}.{task}")
