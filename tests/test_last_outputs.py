@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import zipfile
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def test_a_stage_failing_under_dvc_repro_leaves_its_previous_outputs_in_place(pr
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in out, out
     assert WHEEL.split("/")[-1] in errors[0]  # names the damaged file
-    assert "put back from DVC's cache" in errors[0] and "still missing" not in errors[0], errors[0]
+    assert "put back from DVC's cache" in errors[0] and "not put back" not in errors[0], errors[0]
     assert _files(prepared, outs) == before  # the cached folder and the uncached metrics alike
     assert not list(prepared.glob("data/.sentiment.restore-*"))  # no staging left
     assert "up to date" in dvc(prepared, "status", "prepare@sentiment")
@@ -119,3 +120,26 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.delenv("DVC_STAGE", raising=False)
     with pytest.raises(ZeroDivisionError):
         last_outputs.stage_failed(ZeroDivisionError("division by zero"))
+
+
+def test_a_train_stage_that_diverges_under_dvc_repro_leaves_the_previous_adapter_in_place(prepared):
+    """A run refused while it trains (here a rate that makes the loss NaN) after DVC removed its outputs: the
+    previous adapter, curves and lock entry are all as they were."""
+    stage = "train_classification@sentiment-full"
+    dvc(prepared, "repro", stage)
+    outs = [o["path"] for o in yaml.safe_load((prepared / "dvc.lock").read_text())["stages"][stage]["outs"]]
+    before = _files(prepared, outs)
+    good = (prepared / "params.yaml").read_text()
+    params = yaml.safe_load(good)
+    params["train"]["offline"]["sentiment"]["learning_rate_by_method"]["full"] = 1e30
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = dvc_fails(prepared, "repro", stage)
+    finally:
+        (prepared / "params.yaml").write_text(good)
+    errors = re.findall(r"error: [^\r\n]*", out)  # after the progress bars' carriage returns
+    assert len(errors) == 1 and "Traceback" not in out, out
+    assert errors[0].startswith("error: training diverged at step ") and "put back from DVC's cache" in errors[0]
+    assert _files(prepared, outs) == before
+    dvc(prepared, "repro", "validate")  # the settings files of the restored params
+    assert "up to date" in dvc(prepared, "status", stage)

@@ -1,7 +1,8 @@
 """A failed stage puts its previous outputs back, and says so in its one line.
 
 DVC removes a stage's outputs before it runs the stage's command, so a stage that then stops (a damaged raw file,
-a divergence, a full disk, Ctrl-C) would leave the workspace without its last good result. That result is still
+a divergence, a full disk, Ctrl-C) would leave the workspace without its last good result, or with what it wrote
+before it stopped (a diverged run's training curves). That result is still
 in DVC's cache under the hashes dvc.lock recorded for the stage: the cached outputs by definition, and the
 uncached ones (metrics, predictions, tables: `cache: false`) because `dvc repro` and `dvc exp run` also save
 those into the cache for the run-cache (dvc/stage/cache.py, `StageCache.save`). The failing stage links them
@@ -40,12 +41,36 @@ def _place(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _file_md5(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _as_recorded(path: Path, md5: str, objects: Path) -> bool:
+    """Whether `path` holds what dvc.lock recorded (DVC's md5: of the file, or per file of a directory)."""
+    if not md5.endswith(".dir"):
+        return path.is_file() and _file_md5(path) == md5
+    obj = objects / md5[:2] / md5[2:]
+    if not path.is_dir() or not obj.is_file():
+        return False
+    recorded = {e["relpath"]: e["md5"] for e in json.loads(obj.read_text())}
+    present = {str(f.relative_to(path)): f for f in path.rglob("*") if f.is_file()}
+    return present.keys() == recorded.keys() and all(_file_md5(f) == recorded[r] for r, f in present.items())
+
+
 def _restore_one(path: Path, md5: str, objects: Path) -> bool:
+    """The recorded output in place of whatever is at `path` (what the failed run wrote, or nothing)."""
     obj = objects / md5[:2] / md5[2:]
     if not obj.is_file():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.restore-", dir=path.parent))
+    aside = staging.with_name(staging.name + "-failed-run")
     try:
         if md5.endswith(".dir"):
             entries = json.loads(obj.read_text())
@@ -55,18 +80,22 @@ def _restore_one(path: Path, md5: str, objects: Path) -> bool:
             for source, target in sources:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _place(source, target)
+            if path.exists():
+                path.rename(aside)
             staging.rename(path)
         else:
             _place(obj, staging / path.name)
-            (staging / path.name).rename(path)
+            (staging / path.name).replace(path)
         return True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def restore(stage: str | None = None, root: Path | None = None) -> tuple[list[str], list[str]]:
-    """(restored, missing): the outputs of `stage` (default: the stage DVC is running) that dvc.lock records and
-    the workspace lacks, put back from the cache; those the cache does not hold."""
+    """(restored, missing): the outputs of `stage` (default: the stage DVC is running) that the workspace lacks or
+    holds other than dvc.lock records them (what the failed run wrote after DVC removed them: a diverged run's
+    curves), put back from the cache; those the cache does not hold."""
     stage = stage or os.environ.get("DVC_STAGE")
     root = root or Path.cwd()  # DVC runs a stage's command in the stage's directory: the workspace root here
     lock_file = root / "dvc.lock"
@@ -76,11 +105,11 @@ def restore(stage: str | None = None, root: Path | None = None) -> tuple[list[st
 
     entry = (yaml.load(lock_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
              .get("stages") or {}).get(stage)
-    gone = [(out["path"], out.get("md5")) for out in (entry or {}).get("outs", [])
-            if not (root / out["path"]).exists()]
-    if not gone:
+    outs = [(out["path"], out.get("md5")) for out in (entry or {}).get("outs", [])]
+    if not outs:
         return [], []
     objects = _objects_dir(root)
+    gone = [(path, md5) for path, md5 in outs if not (md5 and _as_recorded(root / path, md5, objects))]
     restored, missing = [], []
     for path, md5 in gone:
         (restored if md5 and _restore_one(root / path, md5, objects) else missing).append(path)
@@ -107,7 +136,7 @@ def stage_failed(error: BaseException) -> int:
     if restored:
         note += f"; the previous {', '.join(restored)} put back from DVC's cache"
     if missing:
-        note += f"; not in DVC's cache, so still missing: {', '.join(missing)} (`dvc checkout` or `git checkout`)"
+        note += f"; not in DVC's cache, so not put back: {', '.join(missing)} (`dvc checkout` or `git checkout`)"
     if not isinstance(error, (DataError, OSError, KeyboardInterrupt)):
         if note:
             print(f"error: a bug, not bad input{note}", file=sys.stderr)
