@@ -58,8 +58,12 @@ def main() -> None:
                         profile) for seed in args.seeds or [params["seed"]]]
             for run, report in each_run(train, runs, settings, f"train.{profile}.{args.task}"):
                 best = report["best_metric"]
+                scores = run.live_dir / "plots" / "metrics" / "eval" / f"{best['name']}.tsv"
+                curve = [line.split("\t")[1] for line in scores.read_text().split("\n")[1:] if line] \
+                    if scores.is_file() else []
                 print(f"{args.task} {text} lr={rate:g} seed={run.seed}: best {best['name']} {best['value']:.2f} "
-                      f"at step {report['best_step']} of {report['steps']} ({report['seconds']:.0f} s)", flush=True)
+                      f"at step {report['best_step']} of {report['steps']} ({report['seconds']:.0f} s); every "
+                      f"{settings['eval_every']} steps: {' '.join(curve)}", flush=True)
                 shutil.rmtree(run.adapter_dir)
                 shutil.rmtree(run.live_dir, ignore_errors=True)
 
