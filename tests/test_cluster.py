@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline import dvc, git, tiny_params, tiny_project
+from test_pipeline import ROOT, dvc, git, tiny_params, tiny_project
 
 
 def cluster_params() -> dict:
@@ -36,9 +37,19 @@ def shard(repo: Path, index: int) -> list[str]:
 
 
 def clone(origin: Path, path: Path) -> Path:
+    """A machine's clone, set up: its raw data (setup.sh --data) and this environment as its .venv."""
     subprocess.run(["git", "clone", "-q", str(origin), str(path)], check=True)
-    shutil.copytree(origin / "assets", path / "assets")  # the raw data: each machine's own (setup.sh --data)
+    shutil.copytree(origin / "assets", path / "assets")
+    (path / ".venv").symlink_to(Path(sys.executable).parents[1])
     return path
+
+
+def script(repo: Path, name: str, *args: str) -> str:
+    """scripts/cluster/<name> as a user runs it."""
+    done = subprocess.run(["bash", f"scripts/cluster/{name}", *args], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
 
 
 def digest(path: Path) -> str:
@@ -54,6 +65,8 @@ def results(repo: Path) -> dict[str, bytes]:
 def origin(tmp_path_factory) -> Path:
     """The project with a shared remote, committed, and then run in one workspace: the reference."""
     repo = tiny_project(tmp_path_factory.mktemp("cluster") / "origin", cluster_params())
+    shutil.copytree(ROOT / "scripts/cluster", repo / "scripts/cluster")
+    (repo / ".gitignore").write_text((repo / ".gitignore").read_text() + "/.venv\n")
     dvc(repo, "remote", "add", "-d", "shared", str(repo.parent / "remote"))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "a shared remote")
@@ -89,11 +102,10 @@ def test_two_workers_and_a_coordinator_share_a_grid_through_a_dvc_remote(origin)
     out = dvc(worker1, "repro", *stages1)
     assert f"Running stage '{stages1[0]}'" not in out and f"Running stage '{stages1[1]}'" in out
     shards(worker1, "--push")
-    out = dvc(worker0, "repro", *stages0)
+    out = script(worker0, "worker.sh", "2", "0")  # its shard, each stage pushed when done
     assert "Running stage 'aggregate'" not in out and not any(f"Running stage '{s}'" in out for s in stages1)
-    shards(worker0, "--push")
 
-    out = dvc(coordinator, "repro", "--pull")  # the run-cache and each restored run's outputs from the remote
+    out = script(coordinator, "coordinator.sh")  # dvc repro --pull: the run-cache and the runs' outputs
     assert "Running stage 'train_" not in out and "Running stage 'exp_train'" not in out  # it trains nothing
     for stage in stages0 + stages1:
         assert f"Stage '{stage}' is cached - skipping run" in out, stage
