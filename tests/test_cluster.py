@@ -124,7 +124,7 @@ def test_one_methods_rate_and_one_runs_budget_stale_those_runs_alone(origin):
     params["train"]["offline"]["sentiment"].setdefault("learning_rate_by_method", {})["full"] = 0.5
     params["grid"]["runs"]["mam"]["offline"]["classification"] = {"attn_bn": 3, "ffn_bn": 5}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    tables = {"aggregate", "findings"}  # they read the whole grid
+    tables = {"aggregate", "findings", "report"}  # they read the whole grid
     assert set(json.loads(dvc(repo, "status", "--json"))) == {"validate", *tables}  # it writes the settings files
     dvc(repo, "repro", "validate")
     assert set(json.loads(dvc(repo, "status", "--json"))) == {"train_classification@sentiment-full",
