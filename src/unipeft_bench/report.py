@@ -18,7 +18,9 @@ from .figures import forest_png
 from .grid_results import Grid, metrics_path, read_grid
 from .run_settings import run_settings
 
-VERDICT_CELL = re.compile(r"<td>(holds|contradicted|inconclusive|not run in this grid)</td>")
+VERDICT_CLASSES = {"holds": "holds", "contradicted": "contradicted", "inconclusive": "inconclusive",
+                   "not run in this grid": "not-run"}
+VERDICT_CELL = re.compile(f"<td>({'|'.join(VERDICT_CLASSES)})</td>")
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1180px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -38,8 +40,7 @@ def _markdown(text: str) -> str:
     classed for their colour."""
     rendered = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
     rendered = re.sub(r"<(/?)h([1-4])>", lambda m: f"<{m.group(1)}h{int(m.group(2)) + 2}>", rendered)
-    return VERDICT_CELL.sub(lambda m: f'<td class="{m.group(1).split()[0].replace("not", "not-run")}">'
-                                      f"{m.group(1)}</td>", rendered)
+    return VERDICT_CELL.sub(lambda m: f'<td class="{VERDICT_CLASSES[m.group(1)]}">{m.group(1)}</td>', rendered)
 
 
 def _image(png: bytes, caption: str) -> str:
