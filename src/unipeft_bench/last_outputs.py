@@ -4,7 +4,7 @@ DVC removes a stage's outputs before it runs the stage's command, so a stage tha
 a divergence, a full disk, Ctrl-C) would leave the workspace without its last good result, or with what it wrote
 before it stopped (a diverged run's training curves). That result is still
 in DVC's cache under the hashes dvc.lock recorded for the stage: the cached outputs by definition, and the
-uncached ones (metrics, predictions, tables: `cache: false`) because `dvc repro` and `dvc exp run` also save
+uncached ones (metrics, curves, tables: `cache: false`) because `dvc repro` and `dvc exp run` also save
 those into the cache for the run-cache (dvc/stage/cache.py, `StageCache.save`). The failing stage links them
 back before it exits. It does this only under DVC, which names the stage in DVC_STAGE; a stage script run by
 hand writes its outputs by atomic replacement and has removed nothing.
